@@ -38,6 +38,8 @@ class Config:
     gcm_group: int = 2          # g: consecutive latent frames per GCM-Attn group
     latent_channels: int = 4    # c: channels of every 2D latent plane
     kl_weight: float = 1e-6     # diagonal-Gaussian bottleneck, as in latent diffusion      [ours]
+    xmodal_dropout: float = 0.1  # AE training: P(encoder skips cross-modal attention for a batch),
+                                 # so one modality can be encoded alone for zero-shot A2V/V2A [ours]
     # ---- STDiT denoiser (§4) ----
     patch: int = 1              # patch (1, p, p) over the stacked B×c×6×L×L latent
     dit_depth: int = 4
