@@ -1,0 +1,314 @@
+"""
+The 3D latent and the STDiT denoiser: PAPER.md §4.
+
+MDSA (autoencoder.py) turns a clip into six 2D latent planes, three per modality, all `c×L×L`.
+This file stacks them into one "video-like" latent `B×c×6×L×L` and defines the transformer that
+predicts the noise in it. It does not import the autoencoder: it only needs the plane size L and the
+channel count c, both read from the `Config`.
+
+  stack_planes / unstack_planes   the unified 3D latent                                    [paper]
+  latent_shape                    per-sample (c, N, L, L), projected or full               [ours]
+  STDiT                           spatio-temporal DiT over the six planes        [paper; block ours]
+    PatchEmbed                    (1, p, p) patches, one token per patch of a plane         [ours]
+    sincos_2d + frame_embed       fixed 2D positions + a learned embedding per plane         [ours]
+    TimestepEmbedder              sinusoid of t → MLP                                 [ours, DDPM]
+    LabelEmbedder                 class table with a null row for classifier-free guidance  [ours]
+    STDiTBlock                    adaLN-Zero; spatial attn, "temporal" attn, MLP   [ours, Open-Sora]
+    FinalLayer                    adaLN, linear, then unpatchify                        [ours, DiT]
+  unprojected_stdit               the same STDiT over the full 2·T'-frame latent,
+                                  the baseline of the efficiency claim (§6)                 [ours]
+
+Token layout inside the network: `B×N×S×D`, N latent frames (6 planes), S = (L/p)² tokens per
+frame, D = cfg.dit_width. Spatial attention folds N into the batch; temporal attention folds S into
+the batch; there are no Python loops over frames, so the forward compiles into one graph.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------
+# The unified 3D latent                                                                   [paper]
+# ----------------------------------------------------------------------------------------------
+
+PLANE_NAMES = ("v_hw", "v_th", "v_tw", "a_hw", "a_th", "a_tw")
+
+
+def stack_planes(planes):
+    """Six `B×c×L×L` planes, in PLANE_NAMES order, → the unified latent `B×c×6×L×L`.
+
+    Time is the ROW axis of every temporal plane (v_th, v_tw, a_th, a_tw), so row r of those four
+    frames is the same instant of the clip, video and audio alike: the temporal attention of
+    STDiT sees synchronous content at the same token position.
+    """
+    if len(planes) != len(PLANE_NAMES):
+        raise ValueError(f"stack_planes: expected {len(PLANE_NAMES)} planes {PLANE_NAMES}, got {len(planes)}")
+    shapes = [tuple(p.shape) for p in planes]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 4 or shapes[0][-1] != shapes[0][-2]:
+        named = ", ".join(f"{n}={s}" for n, s in zip(PLANE_NAMES, shapes))
+        raise ValueError(f"stack_planes: all planes must be one B×c×L×L shape, got {named}")
+    return torch.stack(tuple(planes), dim=2)
+
+
+def unstack_planes(z):
+    """The exact inverse of stack_planes: `B×c×6×L×L` → tuple of six `B×c×L×L` planes."""
+    if z.dim() != 5 or z.shape[2] != len(PLANE_NAMES):
+        raise ValueError(f"unstack_planes: expected B×c×{len(PLANE_NAMES)}×L×L, got {tuple(z.shape)}")
+    return tuple(z.unbind(dim=2))
+
+
+def latent_shape(cfg, projected=True):
+    """Per-sample latent shape (c, N, L, L) the denoiser works on.
+
+    projected=True:  the six planes, N = 6                     → 6·(L/p)² tokens per clip.
+    projected=False: the full latent grids of both modalities,
+                     N = 2·T' frames of L×L (T' = L)            → 2·T'·(L/p)² tokens per clip.
+    """
+    frames = len(PLANE_NAMES) if projected else 2 * cfg.latent_frames
+    return (cfg.latent_channels, frames, cfg.latent_size, cfg.latent_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings: patches, positions, timestep, class
+# ----------------------------------------------------------------------------------------------
+
+def sincos_2d(grid, dim):
+    """Fixed 2D sine-cosine positions for a grid×grid patch grid: `grid²×dim`, float32.
+
+    Half the channels encode the row, half the column; each half is sin/cos over dim/4
+    geometric frequencies. Built with torch factories so it follows a `torch.device(...)` context
+    (the meta-device test builds the paper-size model without allocating).
+    """
+    if dim % 4:
+        raise ValueError(f"sincos_2d: width {dim} must be divisible by 4 (sin+cos for row and column)")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    coords = torch.arange(grid, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")        # grid×grid each
+
+    def embed_1d(pos):                                                # grid² → grid²×dim/2
+        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([embed_1d(rows), embed_1d(cols)], dim=1)
+
+
+class PatchEmbed(nn.Module):
+    """`B×c×N×L×L` → `B×N×S×D` tokens with a (1, p, p) Conv3d: each plane is patched on its own."""
+
+    def __init__(self, in_channels, width, patch):
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, width, kernel_size=(1, patch, patch), stride=(1, patch, patch))
+
+    def forward(self, x):
+        x = self.proj(x)                                              # B×D×N×(L/p)×(L/p)
+        return x.flatten(3).permute(0, 2, 3, 1)                       # B×N×S×D
+
+
+class TimestepEmbedder(nn.Module):
+    """Integer timesteps `B` → `B×D`: a sinusoid of t (as in DDPM/Transformer) then a 2-layer MLP."""
+
+    def __init__(self, width, freq_dim=256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def sinusoid(self, t):
+        """`B` → `B×freq_dim` float32; kept out of bf16, whose 8-bit mantissa would blur t≈999 vs 995."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        angles = t.float()[:, None] * freqs[None]
+        return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+    def forward(self, t):
+        return self.mlp(self.sinusoid(t))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels `B` → `B×D`, with one extra row: the null label (= num_classes) that stands for
+    "no condition". In training, labels are dropped to null with probability `dropout`, so the same
+    network learns the unconditional ε that classifier-free guidance needs.                 [ours]
+    """
+
+    def __init__(self, num_classes, width, dropout):
+        super().__init__()
+        self.null_label = num_classes                                 # the row after the real classes
+        self.dropout = dropout
+        self.table = nn.Embedding(num_classes + 1, width)
+
+    def forward(self, y):
+        if self.training and self.dropout > 0:                        # a Python bool: no graph break
+            drop = torch.rand(y.shape, device=y.device) < self.dropout
+            y = torch.where(drop, torch.full_like(y, self.null_label), y)
+        return self.table(y)
+
+
+# ----------------------------------------------------------------------------------------------
+# The STDiT block: adaLN-Zero, spatial attention, temporal attention, MLP            [ours, Open-Sora]
+# ----------------------------------------------------------------------------------------------
+
+def modulate(x, shift, scale):
+    """adaLN: `x·(1 + scale) + shift`; `1 +` so that a zero modulation leaves x unchanged."""
+    return x * (1 + scale) + shift
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over `M×S×D` sequences (M = whatever was folded into the batch)."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x):
+        m, s, d = x.shape
+        q, k, v = self.qkv(x).reshape(m, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v)                  # M×heads×S×(D/heads), fused
+        return self.out(x.transpose(1, 2).reshape(m, s, d))
+
+
+class STDiTBlock(nn.Module):
+    """One block on `B×N×S×D` tokens, conditioned on `c: B×D`.
+
+    x += g1 · SpatialAttn(adaLN(x))    tokens of one plane attend to each other   (B·N sequences of S)
+    x += g2 · TemporalAttn(adaLN(x))   the N planes attend at each position       (B·S sequences of N)
+    x += g3 · MLP(adaLN(x))
+    The temporal step is where row r of v_th meets row r of a_th: the same instant, video and audio.
+    """
+
+    def __init__(self, width, heads, mlp_ratio):
+        super().__init__()
+        # LayerNorm without affine: adaLN supplies the per-sample scale and shift instead.
+        self.norm_spatial = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm_temporal = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm_mlp = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.spatial = SelfAttention(width, heads)
+        self.temporal = SelfAttention(width, heads)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        # shift, scale, gate for each of the three sub-layers; zero-initialised in STDiT.
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
+
+    def forward(self, x, c):
+        b, n, s, d = x.shape
+        mods = self.modulation(c)[:, None, None, :].chunk(9, dim=-1)  # nine B×1×1×D tensors
+        shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = mods
+
+        h = modulate(self.norm_spatial(x), shift_s, scale_s).reshape(b * n, s, d)
+        x = x + gate_s * self.spatial(h).reshape(b, n, s, d)
+
+        h = modulate(self.norm_temporal(x), shift_t, scale_t).transpose(1, 2).reshape(b * s, n, d)
+        x = x + gate_t * self.temporal(h).reshape(b, s, n, d).transpose(1, 2)
+
+        return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
+
+
+class FinalLayer(nn.Module):
+    """adaLN then a linear map of each `D` token to its `p·p·c` patch values (unpatchified by STDiT)."""
+
+    def __init__(self, width, patch, out_channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, patch * patch * out_channels)
+
+    def forward(self, x, c):
+        shift, scale = self.modulation(c)[:, None, None, :].chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))      # B×N×S×(p·p·c)
+
+
+# ----------------------------------------------------------------------------------------------
+# STDiT                                                                          [paper; block ours]
+# ----------------------------------------------------------------------------------------------
+
+class STDiT(nn.Module):
+    """ε-prediction transformer over a stacked latent.
+
+    STDiT(cfg, num_frames=6):
+      forward(x: B×c×N×L×L float, t: B long in [0, cfg.diffusion_steps), y: B long or None)
+        → ε̂: B×c×N×L×L
+    N = num_frames latent frames (6 planes, or 2·T' for the unprojected baseline), c =
+    cfg.latent_channels, L = cfg.latent_size, patch p = cfg.patch.
+
+    Conditioning c = emb(t) (+ emb(y) when cfg.num_classes > 0) drives every adaLN. With
+    num_classes > 0 and y=None the null label is used, i.e. the unconditional branch.
+    """
+
+    def __init__(self, cfg, num_frames=len(PLANE_NAMES)):
+        super().__init__()
+        self.cfg = cfg
+        self.num_frames = num_frames
+        self.channels = cfg.latent_channels
+        self.size = cfg.latent_size
+        self.patch = cfg.patch
+        self.grid = self.size // self.patch                           # patches per side of a plane
+        width = cfg.dit_width
+
+        self.patch_embed = PatchEmbed(self.channels, width, self.patch)
+        # Fixed positions within a plane: non-persistent, rebuilt from cfg (nothing to load).
+        self.register_buffer("pos_embed", sincos_2d(self.grid, width), persistent=False)  # S×D
+        # Learned per-frame embedding: tells v_hw from a_th etc., since attention is permutation-blind.
+        self.frame_embed = nn.Parameter(torch.zeros(num_frames, width))                      # N×D
+        self.t_embed = TimestepEmbedder(width)
+        self.y_embed = LabelEmbedder(cfg.num_classes, width, cfg.class_dropout) if cfg.num_classes > 0 else None
+        self.blocks = nn.ModuleList(STDiTBlock(width, cfg.dit_heads, cfg.mlp_ratio) for _ in range(cfg.dit_depth))
+        self.final = FinalLayer(width, self.patch, self.channels)
+        self.initialize_weights()
+
+    @property
+    def null_label(self):
+        """The label meaning "no class" (= cfg.num_classes), or None for an unconditional model."""
+        return self.y_embed.null_label if self.y_embed is not None else None
+
+    def initialize_weights(self):
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.patch_embed.proj.weight                              # a linear map of each patch
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        nn.init.normal_(self.frame_embed, std=0.02)
+        for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.y_embed is not None:
+            nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        # adaLN-Zero: zero shift/scale/gate makes every block the identity at step 0 (a residual
+        # net starts as a plain patch embedding and grows depth as gates open); zero output layer
+        # makes a fresh model predict ε̂ = 0 exactly, the least-harmful guess for unit-variance noise.
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation[-1].weight)
+            nn.init.zeros_(block.modulation[-1].bias)
+        for layer in (self.final.modulation[-1], self.final.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def unpatchify(self, x):
+        """`B×N×S×(p·p·c)` → `B×c×N×L×L`."""
+        b, n, p, g, c = x.shape[0], self.num_frames, self.patch, self.grid, self.channels
+        x = x.reshape(b, n, g, g, p, p, c)
+        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, n, g * p, g * p)
+
+    def forward(self, x, t, y=None):
+        expected = (self.channels, self.num_frames, self.size, self.size)
+        if tuple(x.shape[1:]) != expected:                            # static shapes: a compile guard, not a break
+            raise ValueError(f"STDiT: expected input B×{'×'.join(map(str, expected))} (c×N×L×L), got {tuple(x.shape)}")
+        tokens = self.patch_embed(x)                                  # B×N×S×D
+        tokens = tokens + self.pos_embed[None, None] + self.frame_embed[None, :, None]  # float32 residual stream
+
+        cond = self.t_embed(t)                                        # B×D
+        if self.y_embed is not None:
+            if y is None:                                             # unconditional branch on request
+                y = torch.full_like(t, self.null_label)
+            cond = cond + self.y_embed(y)
+
+        for block in self.blocks:
+            tokens = block(tokens, cond)
+        return self.unpatchify(self.final(tokens, cond))
+
+
+def unprojected_stdit(cfg):
+    """The cost baseline of §6: the same STDiT (width, depth, heads) over the full latents of both
+    modalities, input `B×c×(2·T')×L×L`, i.e. 2·T'·(L/p)² tokens per clip instead of 6·(L/p)²."""
+    return STDiT(cfg, num_frames=latent_shape(cfg, projected=False)[1])

@@ -1,0 +1,255 @@
+"""
+The first tests to read: the sizes of ProAV-DiT (config, §6), the stacked latent and STDiT (§4), and
+the diffusion process and its samplers (§5). CPU only, the whole file in well under a minute.
+
+Every test checks a number or an exact equality that a plausible bug would break: a wrong
+reshape breaks the round trip, a missing zero-init breaks the zero output, a sampler that ignores
+its noise or its mask breaks determinism or replacement, and a denoiser that cannot learn fails
+the overfitting test.
+"""
+import pytest
+import torch
+
+from config import PRESETS, get_config
+from diffusion import Diffusion, respaced_timesteps
+from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: on a shared 2-core machine, intra-op threads spin against each other
+    and a 10 ms step can take a second. One thread for this file, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# A small denoiser for the sampler tests: the tiny latent (c=4, six 8×8 planes), fewer channels.
+SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2)
+
+
+def randomized(model, seed=0):
+    """Give the zero-initialised layers random weights, so the model's output is not trivially 0
+    and a sampler test can tell one code path from another."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+# ---- config (§6) ----
+
+def test_presets_share_one_plane_size():
+    tiny, paper = get_config("tiny"), get_config("paper")
+    assert set(PRESETS) >= {"tiny", "paper"}
+    assert (tiny.latent_size, tiny.latent_frames, tiny.hop, tiny.clip_samples) == (8, 8, 50, 25600)
+    assert (paper.latent_size, paper.latent_frames, paper.hop) == (16, 16, 25)
+    assert (paper.dit_depth, paper.dit_width, paper.dit_heads) == (28, 1152, 16)
+    # §6: tokens per clip at patch 1, projected vs the full 3D latent of both modalities
+    tokens = lambda shape: shape[1] * shape[2] * shape[3] // paper.patch ** 2
+    assert tokens(latent_shape(paper)) == 1536 and tokens(latent_shape(paper, projected=False)) == 8192
+
+
+def test_mismatched_preset_names_the_sizes():
+    with pytest.raises(ValueError) as err:
+        get_config("tiny", image_size=64)                             # video h = 64/4 = 16, but T' = 8
+    message = str(err.value)
+    assert "64/4=16" in message and "T'=T/d_t=16/2=8" in message
+
+
+# ---- the stacked latent (§4) ----
+
+def test_planes_round_trip_exactly():
+    planes = tuple(torch.randn(2, 4, 8, 8) for _ in PLANE_NAMES)
+    z = stack_planes(planes)
+    assert z.shape == (2, 4, 6, 8, 8)
+    assert torch.equal(z[:, :, PLANE_NAMES.index("a_th")], planes[4])  # frame i is plane i
+    back = unstack_planes(z)
+    assert len(back) == 6 and all(torch.equal(a, b) for a, b in zip(back, planes))
+    with pytest.raises(ValueError, match="v_th"):
+        stack_planes(planes[:1] + (torch.randn(2, 4, 8, 4),) + planes[2:])
+
+
+# ---- STDiT (§4) ----
+
+@pytest.mark.parametrize("num_classes,patch", [(0, 1), (3, 1), (3, 2)])
+def test_stdit_shape_tiny(num_classes, patch):
+    cfg = get_config("tiny", num_classes=num_classes, patch=patch)
+    model = randomized(STDiT(cfg))
+    x, t = torch.randn(2, *latent_shape(cfg)), torch.tensor([0, cfg.diffusion_steps - 1])
+    y = torch.tensor([0, 2]) if num_classes else None
+    out = model(x, t, y)
+    assert out.shape == x.shape == (2, 4, 6, 8, 8) and torch.isfinite(out).all()
+    assert model.null_label == (num_classes if num_classes else None)
+    with pytest.raises(ValueError, match="c×N×L×L"):
+        model(torch.randn(2, 4, 5, 8, 8), t, y)
+
+
+def test_unpatchify_puts_each_token_at_its_patch():
+    cfg = get_config("tiny", patch=2, **SMALL)
+    model, grid, p = STDiT(cfg), cfg.latent_size // 2, 2
+    # token (frame n, patch s) carries the value 100·n + s in all its p·p·c outputs
+    ids = (100 * torch.arange(6)[:, None] + torch.arange(grid * grid)[None]).float()
+    out = model.unpatchify(ids[None, :, :, None].expand(1, 6, grid * grid, p * p * cfg.latent_channels))
+    rows = torch.arange(cfg.latent_size) // p                         # pixel row i lies in patch row i//p
+    expected = 100 * torch.arange(6)[:, None, None] + rows[None, :, None] * grid + rows[None, None, :]
+    assert torch.equal(out[0, 0], expected.float()) and torch.equal(out[0, 3], out[0, 0])
+
+
+def test_fresh_stdit_outputs_exactly_zero():
+    cfg = get_config("tiny", num_classes=3)
+    model = STDiT(cfg).eval()
+    out = model(torch.randn(2, *latent_shape(cfg)), torch.tensor([3, 900]), torch.tensor([1, 2]))
+    assert torch.equal(out, torch.zeros_like(out))                    # adaLN-Zero + zero output layer
+    assert randomized(model)(torch.randn(2, *latent_shape(cfg)), torch.tensor([3, 900])).abs().max() > 0
+
+
+def test_label_dropout_drops_to_null_in_training_only():
+    cfg = get_config("tiny", num_classes=3, class_dropout=1.0, **SMALL)
+    model = randomized(STDiT(cfg))
+    x, t, y = torch.randn(2, *latent_shape(cfg)), torch.tensor([10, 500]), torch.tensor([0, 1])
+    null = torch.full_like(y, model.null_label)
+    assert not torch.allclose(model(x, t, y), model(x, t, null))      # eval: the label matters
+    model.train()
+    assert torch.equal(model(x, t, y), model(x, t, null))             # p=1: every label dropped
+
+
+def test_stdit_knows_which_plane_is_which():
+    # Attention alone is blind to frame order; the learned per-plane embedding breaks that symmetry,
+    # so swapping video and audio planes must not just swap the prediction.
+    cfg = get_config("tiny", **SMALL)
+    model = randomized(STDiT(cfg))
+    x, t = torch.randn(1, *latent_shape(cfg)), torch.tensor([300])
+    swap = [3, 4, 5, 0, 1, 2]
+    assert not torch.allclose(model(x[:, :, swap], t), model(x, t)[:, :, swap], atol=1e-4)
+    with torch.no_grad():
+        model.frame_embed.zero_()                                     # without it: exactly equivariant
+    torch.testing.assert_close(model(x[:, :, swap], t), model(x, t)[:, :, swap], rtol=1e-4, atol=1e-5)
+
+
+def test_paper_stdit_on_meta_device():
+    cfg = get_config("paper", num_classes=9)
+    with torch.device("meta"):                                        # shapes only, no allocation
+        model = STDiT(cfg)
+        x = torch.empty(2, *latent_shape(cfg))
+        out = model(x, torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+    assert out.shape == (2, 4, 6, 16, 16) and out.is_meta
+    assert sum(p.numel() for p in model.parameters()) > 5e8           # XL-sized
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_unprojected_stdit_shapes(preset):
+    cfg = get_config(preset)
+    device = torch.device("meta") if preset == "paper" else torch.device("cpu")
+    with device:
+        model = unprojected_stdit(cfg)
+        x = torch.randn(1, *latent_shape(cfg, projected=False))
+        out = model(x, torch.zeros(1, dtype=torch.long))
+    t_prime, size = cfg.latent_frames, cfg.latent_size
+    assert x.shape == (1, cfg.latent_channels, 2 * t_prime, size, size) and out.shape == x.shape
+    assert model.frame_embed.shape[0] == 2 * t_prime
+
+
+# ---- diffusion (§5) ----
+
+def test_q_sample_ends():
+    diffusion = Diffusion(1000, "linear")
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(8, 4, 6, 8, 8, generator=gen), torch.randn(8, 4, 6, 8, 8, generator=gen)
+    start = diffusion.q_sample(x0, torch.zeros(8, dtype=torch.long), noise)
+    assert (start - x0).abs().max() < 0.02 * noise.abs().max()        # √(1−ᾱ_0) = √1e-4 = 0.01
+    end = diffusion.q_sample(x0, torch.full((8,), 999), noise)
+    assert abs(end.std().item() - 1.0) < 0.03
+    assert abs(torch.corrcoef(torch.stack([end.flatten(), x0.flatten()]))[0, 1].item()) < 0.03
+    cosine = Diffusion(1000, "cosine")
+    assert cosine.betas.max() <= 0.999 and cosine.alphas_cumprod[-1] < 1e-4
+
+
+def test_respaced_grid():
+    assert respaced_timesteps(10, 1000).tolist() == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    assert respaced_timesteps(1000, 1000).tolist() == list(range(1000))
+    with pytest.raises(ValueError):
+        respaced_timesteps(1001, 1000)
+
+
+def test_ddim_eta0_is_deterministic_and_ddpm_runs():
+    cfg = get_config("tiny", **SMALL)
+    model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
+    shape = (2, *latent_shape(cfg))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    run = lambda seed, eta: diffusion.sample(model, shape, steps=8, eta=eta, noise=noise,
+                                             generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(0, 0.0), run(1, 0.0))                      # η=0 ignores the generator
+    assert not torch.allclose(run(0, 1.0), run(1, 1.0))               # η=1 does not
+    ddpm = diffusion.sample(model, shape, sampler="ddpm", steps=10, noise=noise,
+                            generator=torch.Generator().manual_seed(2))
+    assert torch.isfinite(ddpm).all() and not torch.equal(ddpm, noise)
+    # ancestral DDPM with β̃ is DDIM at η=1 on the same grid and the same noise draws
+    ddim1 = diffusion.sample(model, shape, sampler="ddim", eta=1.0, steps=10, noise=noise,
+                             generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(ddpm, ddim1, rtol=1e-4, atol=1e-4)
+
+
+def test_classifier_free_guidance():
+    cfg = get_config("tiny", num_classes=3, **SMALL)
+    model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
+    x, t, y = torch.randn(2, *latent_shape(cfg)), torch.tensor([50, 700]), torch.tensor([0, 2])
+    eps_c, eps_u = model(x, t, y), model(x, t, torch.full_like(y, model.null_label))
+    assert torch.equal(diffusion.predict_eps(model, x, t, y, cfg_scale=1.0), eps_c)
+    torch.testing.assert_close(diffusion.predict_eps(model, x, t, y, cfg_scale=4.0),
+                               eps_u + 4.0 * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(diffusion.predict_eps(model, x, t, y, cfg_scale=0.0), eps_u,
+                               rtol=1e-4, atol=1e-5)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    guided = diffusion.sample(model, x.shape, steps=4, y=y, cfg_scale=1.0, noise=noise)
+    plain = diffusion.sample(always_conditioned(model, y), x.shape, steps=4, noise=noise)
+    assert torch.equal(guided, plain)                                 # scale 1 = the conditional model
+
+
+def always_conditioned(model, y):
+    """A label-free wrapper that always conditions on y: the reference for 'scale 1 = conditional'."""
+    class Conditioned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, t, _y=None):
+            return self.inner(x, t, y)
+    return Conditioned()
+
+
+def test_known_planes_are_replaced_exactly():
+    cfg = get_config("tiny", **SMALL)
+    model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
+    shape = (2, *latent_shape(cfg))
+    gen = torch.Generator().manual_seed(4)
+    known, other = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    video_known = torch.tensor([True, True, True, False, False, False])  # V2A: video planes given
+    sample = lambda k: diffusion.sample(model, shape, steps=5, known=k, known_mask=video_known,
+                                        generator=torch.Generator().manual_seed(5))
+    out = sample(known)
+    assert torch.equal(out[:, :, :3], known[:, :, :3])
+    assert not torch.allclose(out[:, :, 3:], known[:, :, 3:])
+    # the generated audio planes depend on the given video planes (temporal attention sees them)
+    assert (sample(other)[:, :, 3:] - out[:, :, 3:]).abs().max() > 1e-3
+
+
+def test_tiny_stdit_overfits_one_batch():
+    torch.manual_seed(0)
+    cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4)
+    model, diffusion = STDiT(cfg), Diffusion.from_config(cfg)
+    gen = torch.Generator().manual_seed(6)
+    x0 = torch.randn(2, *latent_shape(cfg), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    t, y = torch.tensor([150, 600]), torch.tensor([0, 1])
+    model.eval()                                                      # fixed batch: no label dropout
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    first = diffusion.loss(model, x0, y, t=t, noise=noise).item()
+    for _ in range(200):
+        loss = diffusion.loss(model, x0, y, t=t, noise=noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert first > 0.5                                                # a zero prediction of unit noise
+    assert loss.item() < first / 5, f"loss fell only from {first:.3f} to {loss.item():.3f}"
