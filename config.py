@@ -137,3 +137,50 @@ def get_config(preset: str = "tiny", **overrides) -> Config:
     if preset not in PRESETS:
         raise ValueError(f"config: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     return replace(PRESETS[preset], **overrides).check()
+
+
+# ----------------------------------------------------------------------------- command line
+def parse_cli(settings: dict, argv: list, aliases: dict = None) -> dict:
+    """Override a script's settings block from `--name value` / `--name=value` / bare `--flag`.
+
+    Each value is parsed as the type of its default (a None default takes an int, a float or a
+    string, whichever reads first). An unknown name is an error that lists the known ones, so a
+    typo never trains silently with a default. `aliases` maps CLI spellings to setting names (for
+    names Python reserves, like `--class`).
+    """
+    aliases = aliases or {}
+    out, i = dict(settings), 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise SystemExit(f"unexpected argument {arg!r}: settings are given as --name value")
+        name, _, value = arg[2:].partition("=")
+        name = aliases.get(name, name)
+        if name not in settings:
+            raise SystemExit(f"unknown setting --{name}; known: {', '.join('--' + k for k in sorted(settings))}")
+        default = settings[name]
+        if not value:  # value in the next word, unless this is a bare boolean flag
+            if isinstance(default, bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+                value = "true"
+            elif i + 1 < len(argv):
+                i, value = i + 1, argv[i + 1]
+            else:
+                raise SystemExit(f"--{name} needs a value")
+        out[name] = _parse_value(name, value, default)
+        i += 1
+    return out
+
+
+def _parse_value(name, value: str, default):
+    if isinstance(default, bool):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise SystemExit(f"--{name} takes true or false, not {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(default, tuple):
+        return tuple(int(v) for v in value.split(","))
+    for kind in ((type(default),) if default is not None else (int, float, str)):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    raise SystemExit(f"--{name} expects {type(default).__name__}, got {value!r}")

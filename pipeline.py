@@ -1,0 +1,137 @@
+"""
+From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and bench.py share.
+
+  - checkpoints: written to a temporary file and renamed into place (a kill during a save never
+    leaves a broken file), read with `torch.load(..., weights_only=True)` (opening a stranger's file
+    cannot run code), and refused with a message that says what to run when they do not fit;
+  - `load_models`: MDSA + the STDiT's EMA weights + the latent scale, rebuilt from the configs the
+    checkpoints carry;
+  - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, or zero-shot A2V / V2A
+    by replacing the known planes at every step [ours, after MM-Diffusion]), undo the latent scale,
+    unstack the six planes, decode them with MDSA (§3) and invert the mel frames to a waveform (§2).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+from autoencoder import MDSA
+from config import Config
+from data import frames_to_wave, wave_to_frames
+from diffusion import Diffusion
+from model import STDiT, stack_planes, unstack_planes
+
+# Fields that only the denoiser reads: the DiT stage may change these on top of the AE's config.
+DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio",
+              "class_dropout", "diffusion_steps", "schedule")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(obj: dict, path: str) -> None:
+    """Atomic save: a crash mid-write leaves the previous checkpoint untouched."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+
+
+def load_checkpoint(path: str, stage: str, hint: str) -> dict:
+    """Read a checkpoint of `stage` ("ae" or "dit"); `hint` is the command that would make one."""
+    if not os.path.exists(path):
+        raise SystemExit(f"no {stage} checkpoint at {path}: run `{hint}` first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, or pickled code we refuse to run
+        raise SystemExit(f"{path} is not a readable ProAV-DiT checkpoint ({type(e).__name__}: {e}); "
+                         f"rerun `{hint}`") from None
+    if not isinstance(ckpt, dict) or ckpt.get("stage") != stage:
+        found = ckpt.get("stage") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise SystemExit(f"{path} holds a {found!r} checkpoint, not {stage!r}: run `{hint}`")
+    return ckpt
+
+
+def config_mismatch(a: Config, b: Config, ignore=()) -> list:
+    """The fields where two configs differ, as 'name: a vs b' strings."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]} vs {db[k]}" for k in da if k not in ignore and da[k] != db[k]]
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class Models:
+    cfg: Config            # the DiT's config (the AE's, plus denoiser fields)
+    ae: MDSA
+    dit: STDiT             # EMA weights: what sampling should use (DiT §4 practice)
+    diffusion: Diffusion
+    latent_scale: float    # z_model = latent_scale · z_MDSA has unit variance
+
+
+def load_models(out_dir: str = "out", device="cpu") -> Models:
+    """Rebuild MDSA and the EMA STDiT from out_dir/ae.pt and out_dir/dit.pt, checking they belong together."""
+    ae_ck = load_checkpoint(os.path.join(out_dir, "ae.pt"), "ae", "python train.py --stage ae")
+    dit_ck = load_checkpoint(os.path.join(out_dir, "dit.pt"), "dit", "python train.py --stage dit")
+    ae_cfg, cfg = Config.from_dict(ae_ck["config"]), Config.from_dict(dit_ck["config"])
+    diff = config_mismatch(ae_cfg, cfg, ignore=DIT_FIELDS)
+    if diff or dit_ck["ae_step"] != ae_ck["step"]:
+        raise SystemExit(f"{out_dir}/dit.pt was trained on another autoencoder than {out_dir}/ae.pt "
+                         f"({'; '.join(diff) or 'AE step %d vs %d' % (dit_ck['ae_step'], ae_ck['step'])}): "
+                         "rerun `python train.py --stage dit`")
+    ae = MDSA(ae_cfg)
+    ae.load_state_dict(ae_ck["model"])
+    dit = STDiT(cfg)
+    dit.load_state_dict(dit_ck["ema"])
+    return Models(cfg, ae.to(device).eval(), dit.to(device).eval(), Diffusion.from_config(cfg),
+                  float(dit_ck["latent_scale"]))
+
+
+# ----------------------------------------------------------------------------- generation
+VIDEO_PLANES = torch.tensor([True, True, True, False, False, False])  # v_hw, v_th, v_tw | a_hw, a_th, a_tw
+
+
+@torch.no_grad()
+def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wave=None, label=None,
+             cfg_scale: float = 1.0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+             generator=None, progress: bool = False):
+    """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
+
+    mode "a2v": `cond_wave` (N,) is given; its three audio planes are fixed and the video is sampled.
+    mode "v2a": `cond_video` (3×T×S×S) is given; its three video planes are fixed, audio is sampled.
+    The returned clip carries the given modality itself, untouched, beside the generated one.
+    """
+    cfg, dev = m.cfg, next(m.dit.parameters()).device
+    L, c = cfg.latent_size, cfg.latent_channels
+    shape = (n, c, 6, L, L)
+    known = known_mask = None
+    if mode in ("a2v", "v2a"):
+        if mode == "a2v":
+            if cond_wave is None:
+                raise ValueError("mode a2v needs the audio to condition on (cond_wave)")
+            audio = wave_to_frames(torch.as_tensor(cond_wave, dtype=torch.float32), cfg)[None].to(dev)
+            planes = m.ae.encode(audio=audio)  # video planes come back None: the AE encodes audio alone
+        else:
+            if cond_video is None:
+                raise ValueError("mode v2a needs the video to condition on (cond_video)")
+            planes = m.ae.encode(video=torch.as_tensor(cond_video, dtype=torch.float32)[None].to(dev))
+        ref = next(p for p in planes if p is not None)
+        planes = [torch.zeros_like(ref) if p is None else p for p in planes]
+        known = (stack_planes(planes) * m.latent_scale).expand(shape)
+        known_mask = (VIDEO_PLANES if mode == "v2a" else ~VIDEO_PLANES).to(dev)
+    elif mode != "joint":
+        raise ValueError(f"unknown mode {mode!r}: choose joint, a2v or v2a")
+    y = None
+    if cfg.num_classes > 0:
+        # No label asked: sample every class in turn, so a grid shows them all.
+        y = (torch.full((n,), int(label)) if label is not None else torch.arange(n) % cfg.num_classes).to(dev)
+    elif label is not None:
+        raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
+    noise = torch.randn(shape, generator=generator).to(dev)
+    z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, eta=eta, y=y, cfg_scale=cfg_scale,
+                           known=known, known_mask=known_mask, noise=noise, progress=progress)
+    video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
+    video = video.clamp(-1, 1).float().cpu()
+    wave = frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)
+    if mode == "a2v":
+        wave = torch.as_tensor(cond_wave, dtype=torch.float32).expand(n, -1).clone()
+    if mode == "v2a":
+        video = torch.as_tensor(cond_video, dtype=torch.float32).expand(n, -1, -1, -1, -1).clone()
+    return video, wave

@@ -1,0 +1,109 @@
+"""The main job end to end at a toy size: train.py --stage ae|dit, resume, torchrun DDP, sample.py."""
+import os
+import subprocess
+import sys
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import sample
+import train
+from data import BounceClick, load_clip, write_mp4
+from config import get_config
+
+# A toy model and data set: every stage runs in seconds on two CPU cores.
+TOY = ["--ae_channels", "32", "--dit_width", "64", "--dit_depth", "2", "--batch_size", "2",
+       "--train_clips", "8", "--eval_clips", "2", "--log_every", "1", "--preview_every", "0"]
+
+
+def weights(path, key="model"):
+    return torch.load(path, map_location="cpu", weights_only=True)[key]
+
+
+def audio_seconds(path) -> float:
+    """Length of the audio stream of an mp4, decoded with the ffmpeg imageio-ffmpeg ships."""
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", path, "-map", "0:a",
+                          "-f", "f32le", "-ac", "1", "-ar", "16000", "-"], capture_output=True, check=True).stdout
+    return len(raw) / 4 / 16000
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """AE and DiT, a few steps each, in one out_dir shared by the tests below."""
+    out = str(tmp_path_factory.mktemp("run"))
+    train.main(["--stage", "ae", "--max_steps", "3", "--out_dir", out] + TOY)
+    train.main(["--stage", "dit", "--max_steps", "3", "--out_dir", out] + TOY)
+    return out
+
+
+def test_end_to_end_writes_mp4_with_1_6_s_of_sound(trained):
+    sample.main(["--out_dir", trained, "--n", "1", "--steps", "5"])
+    mp4 = os.path.join(trained, "samples", "000.mp4")
+    assert abs(audio_seconds(mp4) - 1.6) < 0.03
+    wave, sr = soundfile.read(os.path.join(trained, "samples", "000.wav"))
+    assert sr == 16000 and len(wave) == 25600
+    assert os.path.exists(os.path.join(trained, "samples", "grid.png"))
+    assert os.path.exists(os.path.join(trained, "ae_log.csv")) and os.path.exists(os.path.join(trained, "dit_log.csv"))
+
+
+def test_a2v_keeps_the_given_audio(trained, tmp_path):
+    cfg = get_config("tiny")
+    item = BounceClick(cfg, size=4, seed=123)[0]
+    cond = str(tmp_path / "cond.mp4")
+    write_mp4(cond, item["video"], item["wave"], cfg)
+    sample.main(["--out_dir", trained, "--n", "1", "--steps", "5", "--mode", "a2v", "--cond", cond])
+    written, _ = soundfile.read(os.path.join(trained, "samples", "000.wav"), dtype="float32")
+    _, given = load_clip(cond, cfg)
+    # The 16-bit wav of the given audio: equal up to quantisation.
+    assert np.abs(written - given.numpy()).max() < 1e-3
+
+
+@pytest.mark.parametrize("stage", ["ae", "dit"])
+def test_resume_is_exact(trained, tmp_path, stage):
+    """2N steps in one go == N steps, stop, --resume, N more (warm-up spans all steps, so the LR
+    schedule does not depend on max_steps)."""
+    runs = {}
+    for name, legs in {"straight": [4], "resumed": [2, 4]}.items():
+        out = str(tmp_path / name)
+        os.makedirs(out)
+        if stage == "dit":  # both runs build on the same trained AE
+            os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
+        for i, steps in enumerate(legs):
+            train.main(["--stage", stage, "--max_steps", str(steps), "--out_dir", out, "--warmup_steps", "100",
+                        "--save_every", "2"] + TOY + (["--resume"] if i else []))
+        runs[name] = weights(os.path.join(out, f"{stage}.pt"))
+    for k, v in runs["straight"].items():
+        assert torch.allclose(v, runs["resumed"][k], atol=1e-6, rtol=0), k
+
+
+def test_torchrun_ddp_ranks_agree(tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "train.py", "--stage", "ae", "--max_steps", "2", "--out_dir", out] + TOY
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                         env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    line = [ln for ln in (run.stdout + run.stderr).splitlines() if "ranks agree" in ln]
+    assert line, run.stdout[-2000:]
+    assert float(line[0].rsplit("=", 1)[1]) == 0.0
+    assert os.path.exists(os.path.join(out, "ae.pt"))
+
+
+def test_wrong_checkpoints_are_refused_with_what_to_run(trained, tmp_path):
+    with pytest.raises(SystemExit, match=r"python train.py --stage ae"):
+        train.main(["--stage", "dit", "--out_dir", str(tmp_path / "empty")] + TOY)
+    with pytest.raises(SystemExit, match=r"preset 'tiny'.*'paper'.*--stage ae --preset paper"):
+        train.main(["--stage", "dit", "--preset", "paper", "--out_dir", trained] + TOY)
+    with pytest.raises(SystemExit, match=r"--ae_channels 48"):
+        train.main(["--stage", "dit", "--out_dir", trained] + TOY + ["--ae_channels", "48"])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ae.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"not a readable ProAV-DiT checkpoint"):
+        train.main(["--stage", "dit", "--out_dir", str(bad)] + TOY)
+    with pytest.raises(SystemExit, match=r"unknown setting --max_stepz"):
+        train.main(["--stage", "ae", "--max_stepz", "3"])
