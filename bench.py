@@ -1,0 +1,215 @@
+"""
+What ProAV-DiT costs: parameters, FLOPs, speed, memory (PAPER.md §6, GUIDE.md "Measuring").
+
+  python bench.py                        # CPU: FLOPs of both presets, timed steps at tiny
+  python bench.py --device cuda          # GPU: bf16 autocast, fused attention, timed steps at both presets
+  python bench.py --device cuda --compile true
+
+Prints markdown tables (and writes them to --out). No pass/fail: numbers only.
+
+  - FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on the meta device, so the
+    `paper` preset is counted without allocating it. A multiply-add is 2 FLOPs.
+  - The efficiency claim of §6 is measured as a ratio in one run: the STDiT over the six projected
+    L×L planes against the SAME STDiT (width, depth, heads) over the full 2·T'×L×L latents of both
+    modalities (`model.unprojected_stdit`).
+  - Achieved FLOP/s of a training step is reported against a matrix product's FLOP/s measured in the
+    same process (fp32 on CPU, bf16 on GPU): the model FLOPs utilisation, MFU.
+"""
+import os
+import platform
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from autoencoder import MDSA
+from config import PRESETS, get_config, parse_cli
+from data import frames_to_wave
+from diffusion import Diffusion
+from model import STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
+
+# ----------------------------------------------------------------------------- settings
+device = "cpu"          # "cpu" or "cuda"
+compile = False         # torch.compile the timed models
+presets = "tiny,paper"  # presets whose FLOPs are counted
+timed = ""              # presets whose steps are timed; "" = tiny on CPU, tiny and paper on GPU
+ae_batch = 0            # clips per timed AE step; 0 = 8 at tiny, 4 at paper
+dit_batch = 0           # clips per timed DiT step; 0 = 32 at tiny, 16 at paper
+sample_steps = 50       # DDIM steps for the sampling measurements
+repeats = 5             # timed repetitions (median reported)
+out = "out/bench.md"    # where the markdown tables are written
+
+SETTINGS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and k.islower()
+            and isinstance(v, (str, int, float, bool))}
+
+
+# ----------------------------------------------------------------------------- counting
+def flops_of(fn) -> int:
+    """FLOPs of one call of fn (tensors on the meta device: nothing is computed or allocated)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def count(cfg, sample_steps: int) -> dict:
+    """Parameters and forward GFLOPs per clip of every part at one preset, on the meta device."""
+    c, L, T = cfg.latent_channels, cfg.latent_size, cfg.frames
+    with torch.device("meta"):
+        ae, dit, flat = MDSA(cfg).eval(), STDiT(cfg), unprojected_stdit(cfg)
+        video = torch.empty(1, 3, T, cfg.image_size, cfg.image_size)
+        audio = torch.empty(1, 1, T, cfg.n_mels, cfg.mel_width)
+        planes = tuple(torch.empty(1, c, L, L) for _ in range(6))
+        t = torch.zeros(1, dtype=torch.long)
+        z6 = torch.empty(1, *latent_shape(cfg, projected=True))
+        zf = torch.empty(1, *latent_shape(cfg, projected=False))
+        r = {"ae_params": sum(p.numel() for p in ae.parameters()),
+             "dit_params": sum(p.numel() for p in dit.parameters()),
+             "ae_encode": flops_of(lambda: ae.encode(video, audio)),
+             "ae_decode": flops_of(lambda: ae.decode(planes)),
+             "dit": flops_of(lambda: dit(z6, t)),
+             "dit_unprojected": flops_of(lambda: flat(zf, t)),
+             "tokens": z6.shape[2] * (L // cfg.patch) ** 2,
+             "tokens_unprojected": zf.shape[2] * (L // cfg.patch) ** 2}
+    # DDIM-K sampling of one clip = K denoiser calls + one decode (Griffin-Lim is FFTs, not counted).
+    r["sample"] = sample_steps * r["dit"] + r["ae_decode"]
+    return r
+
+
+# ----------------------------------------------------------------------------- timing
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, dev, repeats) -> float:
+    fn()  # warm-up: allocator, autotuning, compilation
+    sync(dev)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(dev)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_rate(dev) -> float:
+    """FLOP/s of a large square matrix product: fp32 on CPU, bf16 on GPU (the MFU denominator)."""
+    n, dtype = (8192, torch.bfloat16) if dev.type == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    return 2 * n ** 3 / median_time(lambda: a @ b, dev, 10)
+
+
+def timed_steps(cfg, dev, a, peak) -> list:
+    """Rows: AE training step, DiT training step, DDIM sampling (with decode + Griffin-Lim)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    big = cfg.image_size > 64
+    ab, db = a["ae_batch"] or (4 if big else 8), a["dit_batch"] or (16 if big else 32)
+    rows = []
+
+    def train_step(model, loss_fn, opt):
+        def step():
+            with autocast:
+                loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def measure(name, model, loss_fn, batch):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        step = train_step(model, loss_fn, opt)
+        step()  # warm-up before counting (compilation, lazy state)
+        with FlopCounterMode(display=False) as fc:  # forward + backward, as actually executed
+            step()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sec = median_time(step, dev, a["repeats"])
+        mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+        rate = fc.get_total_flops() / sec
+        rows.append((name, batch, f"{sec * 1e3:.1f} ms", f"{batch / sec:.1f}", f"{rate / 1e12:.3f}",
+                     f"{100 * rate / peak:.1f}%", f"{mem:.2f}" if mem == mem else "-"))
+
+    torch.manual_seed(0)
+    ae = MDSA(cfg).to(dev).train()
+    video = torch.rand(ab, 3, cfg.frames, cfg.image_size, cfg.image_size, device=dev) * 2 - 1
+    audio = torch.rand(ab, 1, cfg.frames, cfg.n_mels, cfg.mel_width, device=dev) * 2 - 1
+    ae_loss = torch.compile(ae.loss) if a["compile"] else ae.loss
+    measure("AE train step", ae, lambda: ae_loss(video, audio)["loss"], ab)
+    ae.eval()
+
+    dit, diffusion = STDiT(cfg).to(dev).train(), Diffusion.from_config(cfg)
+    fwd = torch.compile(dit) if a["compile"] else dit
+    z = torch.randn(db, *latent_shape(cfg), device=dev)
+    measure("DiT train step", dit, lambda: diffusion.loss(fwd, z), db)
+    dit.eval()
+    del z
+
+    @torch.no_grad()
+    def sample(n):
+        with autocast:
+            x = diffusion.sample(fwd, (n, *latent_shape(cfg)), steps=a["sample_steps"])
+            v, au = ae.decode(unstack_planes(x))
+        return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
+
+    for n in (1, db):
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sec = median_time(lambda: sample(n), dev, max(1, a["repeats"] // 2))
+        mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+        rows.append((f"sample DDIM-{a['sample_steps']} + decode + GL", n, f"{sec * 1e3:.0f} ms", f"{n / sec:.2f}",
+                     "", "", f"{mem:.2f}" if mem == mem else "-"))
+    return rows
+
+
+def table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(x) for x in r) + " |" for r in rows])
+
+
+def main(argv):
+    a = parse_cli(SETTINGS, argv)
+    dev = torch.device(a["device"])
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    out = [f"Machine: {name}; torch {torch.__version__}; compile={a['compile']}; "
+           f"{'bf16 autocast' if dev.type == 'cuda' else 'fp32'}"]
+
+    rows = []
+    for p in a["presets"].split(","):
+        cfg = get_config(p)
+        r = count(cfg, a["sample_steps"])
+        G = 1e9
+        rows.append((p, f"{r['ae_params'] / 1e6:.1f}M", f"{r['dit_params'] / 1e6:.1f}M", f"{r['ae_encode'] / G:.2f}",
+                     f"{r['ae_decode'] / G:.2f}", f"{r['tokens']} / {r['tokens_unprojected']}",
+                     f"{r['dit'] / G:.2f}", f"{r['dit_unprojected'] / G:.2f}",
+                     f"{r['dit_unprojected'] / r['dit']:.2f}×", f"{r['sample'] / 1e12:.3f}"))
+    out.append("\nParameters and forward GFLOPs per clip (FlopCounterMode, meta device):\n")
+    out.append(table(["preset", "MDSA params", "STDiT params", "AE encode", "AE decode",
+                      "tokens 6-plane / full 3D", "STDiT", "STDiT unprojected", "unprojected ÷ projected",
+                      f"TFLOPs per clip, DDIM-{a['sample_steps']} + decode"], rows))
+
+    peak = matmul_rate(dev)
+    out.append(f"\nMatrix product ({'bf16 8192³' if dev.type == 'cuda' else 'fp32 2048³'}), same process: "
+               f"{peak / 1e12:.3f} TFLOP/s\n")
+    for p in (a["timed"] or ("tiny,paper" if dev.type == "cuda" else "tiny")).split(","):
+        cfg = get_config(p)
+        out.append(f"\nTimed at `{p}` (median of {a['repeats']}; FLOPs of forward + backward as executed):\n")
+        out.append(table(["what", "batch", "time", "clips/s", "achieved TFLOP/s", "MFU", "peak GiB"],
+                         timed_steps(cfg, dev, a, peak)))
+    text = "\n".join(out) + "\n"
+    print(text)
+    if a["out"]:
+        os.makedirs(os.path.dirname(a["out"]) or ".", exist_ok=True)
+        with open(a["out"], "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark of the project in ONE call, for a session lent a GPU for minutes.
+# Run from the repo root on the GPU machine; results go to $OUT (default out/gpu):
+#   OUT=out/gpu bash gpu_check.sh
+# The GPU image has torch but not every package of requirements.txt: wheels for the missing ones
+# (soundfile, cffi, pycparser, imageio-ffmpeg) may be carried in .gpu_wheels/ and are installed first.
+set -u
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+[ -d .gpu_wheels ] && python3 -m pip install -q --no-index --no-deps .gpu_wheels/*.whl 2>&1 | tail -2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, print its tail
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name: exit $? in $((SECONDS - t0)) s"; tr '\r' '\n' < "$OUT/$name.log" | grep -v 'it/s]$' | tail -4
+}
+# 1. The CUDA code paths at tiny: torchrun (nccl) DDP, bf16 autocast, fused AdamW, compile, sampling.
+step train_ae 150 torchrun --standalone --nproc_per_node 1 train.py --stage ae --max_steps 200 \
+  --out_dir "$OUT/run" --log_every 50 --preview_every 0 --num_workers 6
+step train_dit 150 python3 train.py --stage dit --max_steps 200 --out_dir "$OUT/run" --train_clips 1024 \
+  --log_every 50 --preview_every 0 --num_workers 6 --compile true
+step sample 60 python3 sample.py --out_dir "$OUT/run" --n 8
+# 2. Costs and speed at both presets, bf16 eager; then the paper preset compiled.
+step bench 240 python3 bench.py --device cuda --out "$OUT/bench_gpu.md"
+step bench_compile 200 python3 bench.py --device cuda --compile true --presets paper --timed paper \
+  --out "$OUT/bench_gpu_compile.md"
+cat "$OUT"/bench_gpu*.md
