@@ -3,20 +3,8 @@ Evaluation for ProAV-DiT: audio-video sync on BounceClick (PAPER.md §8) and FVD
 
 Two families of numbers live here.
 
-1. SYNC WITH NO NETWORK (§8, all [ours]). BounceClick's ground truth is exact, so sync can be
-   measured with hand-written detectors that work on DECODED frames and waveforms; the same functions
-   score real clips (calibration) and generated ones:
-     disc_track      video -> the disc's centroid per frame, and whether exactly one disc was seen
-     video_impacts   centroid track -> wall impacts: a velocity reversal per axis, the impact time
-                     where the lines through frames k-2..k-1 and k+1..k+2 cross (frame k excluded)
-     audio_onsets    waveform -> onsets: a 2 ms RMS envelope crossing a threshold, 50 ms refractory;
-                     the pitch of each onset from the FFT peak of a short window just after it
-     match_events    one-to-one greedy matching of video impacts and audio onsets within a tolerance
-     sync_metrics    many (video, wave) pairs -> precision / recall / F1, offsets in ms, wall-pitch
-                     agreement, disc detection rate, counts
-   `calibration()` runs the checks §8 asks for: real pairs (the ceiling, F1 = 1), shuffled pairs
-   (chance), audio shifted by a known Δ (recovered by the signed median offset) and the audio
-   projection's round trip (wave -> mel frames -> Griffin-Lim wave).
+1. SYNC (§8) lives in sync.py: network-free detectors and `sync_metrics`; this file runs them
+   on real, shuffled and generated pairs.
 
 2. DISTRIBUTION METRICS WITH A USER-SUPPLIED NETWORK (§7).
      frechet_distance  [paper: FVD, FAD]  ‖μa−μb‖² + tr Σa + tr Σb − 2 tr((Σa^½ Σb Σa^½)^½), float64,
@@ -29,292 +17,30 @@ Two families of numbers live here.
                        resolution, sample rate
    The weights cannot be downloaded here: a missing file is a clear error that names the CLI flag,
    and in a results JSON the metric is `null` with a "reason", never 0.
+
+3. THE COMMAND LINE: every part, one JSON (default out/eval.json), a printed summary.
+     python evaluate.py                                  # every part, from out/ae.pt and out/dit.pt
+     python evaluate.py --what ae                        # the autoencoder alone (needs no dit.pt)
+     python evaluate.py --samples out/samples --what gen # score mp4 files made elsewhere
+     python evaluate.py --what fvd --i3d i3d.pt --audio_net vggish.pt --fvd_n 2048
+   Parts: ae (PSNR per modality, log-spectral distance of the inverted audio, sync of the
+   reconstructions), gen (joint samples), a2v / v2a (zero-shot from held-out clips), fvd (FVD, KVD,
+   FAD). Every sync figure stands beside the same metrics on n real held-out pairs (the ceiling) and
+   on shuffled real pairs (chance). A part that cannot run (no checkpoint, no network, a folder
+   where sync needs BounceClick) is {"value": null, "reason": ...}; "protocol" states the counts,
+   split, frames, fps, resolution, sample rate, checkpoints, networks (with SHA-256) and sampler.
 """
-import argparse
 import hashlib
 import json
 import os
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-# ---------------------------------------------------------------------------------------------
-# Video: the disc's centroid track
-# ---------------------------------------------------------------------------------------------
-def video_to_thwc(video) -> np.ndarray:
-    """Any clip -> float32 numpy T×S×S×3 in [0, 1].
-
-    Accepts uint8 T×S×S×3 (what BounceClick.render and decoded mp4 give) or a float 3×T×S×S
-    tensor / array in [-1, 1] (what the dataset and the sampler give)."""
-    if isinstance(video, torch.Tensor):
-        video = video.detach().float().cpu().numpy()
-    video = np.asarray(video)
-    if video.dtype == np.uint8:
-        assert video.ndim == 4 and video.shape[-1] == 3, f"uint8 video must be T×S×S×3, got {video.shape}"
-        return video.astype(np.float32) / 255.0
-    assert video.ndim == 4 and video.shape[0] == 3, f"float video must be 3×T×S×S, got {video.shape}"
-    return ((np.clip(video, -1, 1) + 1) / 2).transpose(1, 2, 3, 0).astype(np.float32)
-
-
-def _blobs(mask: np.ndarray):
-    """4-connected components of a boolean H×W mask -> (labels H×W int, list of areas).
-
-    Label propagation (each pixel takes the smallest index among its neighbours until nothing
-    changes): a few vectorised sweeps per blob diameter, and no scipy."""
-    h, w = mask.shape
-    none = h * w                                      # the label of background pixels
-    lab = np.where(mask, np.arange(h * w).reshape(h, w), none)
-    while True:
-        new = lab.copy()
-        new[1:] = np.minimum(new[1:], lab[:-1])
-        new[:-1] = np.minimum(new[:-1], lab[1:])
-        new[:, 1:] = np.minimum(new[:, 1:], lab[:, :-1])
-        new[:, :-1] = np.minimum(new[:, :-1], lab[:, 1:])
-        new = np.where(mask, new, none)
-        if np.array_equal(new, lab):
-            break
-        lab = new
-    ids, areas = np.unique(lab[mask], return_counts=True)
-    return lab, list(zip(ids.tolist(), areas.tolist()))
-
-
-def disc_track(video, min_contrast=0.1, min_area=2, max_area_frac=0.25, main_frac=0.85):
-    """Centroid of the one disc in each frame.
-
-    video: see video_to_thwc. Returns (centroids, found): centroids T×2 float64, (x, y) in pixels
-    with the frame spanning [0, S] (pixel i's centre is i + ½), NaN where no disc; found bool T.
-
-    Per frame: the background is the per-channel median (the disc covers a small part of the frame);
-    foreground strength = colour distance to it. Rule for "one disc detected" [ours]:
-      - the strongest pixel is at least `min_contrast` away from the background (in [0,1] units);
-      - the core mask (strength ≥ half the frame's maximum: half-max survives blur) splits into
-        4-connected blobs, and the largest holds ≥ `main_frac` of the core pixels (stray specks are
-        tolerated, a second disc is not) and has a plausible area, min_area..max_area_frac·S².
-    The centroid is weighted by strength over the main blob's box grown by 2 px, so the anti-aliased
-    rim counts in proportion to coverage (strength is linear in coverage), giving sub-pixel centres."""
-    frames = video_to_thwc(video)
-    t, h, w, _ = frames.shape
-    centroids = np.full((t, 2), np.nan)
-    found = np.zeros(t, dtype=bool)
-    ys, xs = np.mgrid[0:h, 0:w] + 0.5                 # pixel i covers [i, i+1]: its centre is i + ½
-    for k, img in enumerate(frames):
-        bg = np.median(img.reshape(-1, 3), axis=0)
-        strength = np.linalg.norm(img - bg, axis=-1)
-        peak = strength.max()
-        if peak < min_contrast:
-            continue
-        core = strength >= 0.5 * peak
-        lab, blobs = _blobs(core)
-        main_id, area = max(blobs, key=lambda b: b[1])
-        if area < main_frac * core.sum() or not (min_area <= area <= max_area_frac * h * w):
-            continue
-        by, bx = np.nonzero(lab == main_id)
-        box = np.zeros_like(core)
-        box[max(by.min() - 2, 0):by.max() + 3, max(bx.min() - 2, 0):bx.max() + 3] = True
-        weight = np.where(box, np.maximum(strength - np.median(strength), 0), 0)  # minus the bg noise
-        centroids[k] = (weight * xs).sum() / weight.sum(), (weight * ys).sum() / weight.sum()
-        found[k] = True
-    return centroids, found
-
-
-def impacts_from_track(centroids, fps, min_speed):
-    """Wall impacts from a T×2 centroid track -> sorted list of (time_s, axis "x"|"y").
-
-    A reversal at frame k on an axis: k is a local extremum (rising then not rising, or the reverse),
-    and the slopes through k-2..k-1 (in) and k+1..k+2 (out) have opposite signs, each at least
-    `min_speed` px/frame (noise on a near-still axis is not an impact). Frame k is excluded from
-    both lines because it may lie on either side of the impact. The impact time is where the two
-    lines cross. Near the clip's ends, where one side has a single frame, that side's slope is taken
-    as the mirror of the other (elastic reflection) [ours]."""
-    t = len(centroids)
-    events = []
-    for axis_i, axis in enumerate("xy"):
-        c = centroids[:, axis_i]
-        ok = lambda i: 0 <= i < t and not np.isnan(c[i])
-        for k in range(1, t - 1):
-            if not (ok(k - 1) and ok(k) and ok(k + 1)):
-                continue
-            d_prev, d_next = c[k] - c[k - 1], c[k + 1] - c[k]
-            if not ((d_prev > 0 and d_next <= 0) or (d_prev < 0 and d_next >= 0)):
-                continue
-            slope_in = c[k - 1] - c[k - 2] if ok(k - 2) else None
-            slope_out = c[k + 2] - c[k + 1] if ok(k + 2) else None
-            if slope_in is None and slope_out is None:
-                continue
-            slope_in = -slope_out if slope_in is None else slope_in
-            slope_out = -slope_in if slope_out is None else slope_out
-            if slope_in * slope_out >= 0 or min(abs(slope_in), abs(slope_out)) < min_speed:
-                continue
-            # c[k-1] + s_in (τ - (k-1)) = c[k+1] + s_out (τ - (k+1))  solved for the frame time τ
-            tau = (c[k + 1] - c[k - 1] + slope_in * (k - 1) - slope_out * (k + 1)) / (slope_in - slope_out)
-            events.append((float(np.clip(tau, k - 1, k + 1)) / fps, axis))
-    return sorted(events)
-
-
-MIN_SPEED_FRAC = 0.005   # least speed counted as motion: 0.005·S px/frame (BounceClick's least is ~0.05·S)
-
-
-def video_impacts(video, fps):
-    """Clip -> sorted list of (time_s, axis). Frame k shows time k/fps."""
-    centroids, _ = disc_track(video)
-    return impacts_from_track(centroids, fps, MIN_SPEED_FRAC * video_to_thwc(video).shape[1])
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio: onsets and their pitch
-# ---------------------------------------------------------------------------------------------
-def rms_envelope(wave, sr, window_s=0.002) -> np.ndarray:
-    """Trailing RMS over `window_s` at every sample: env[n] = rms(wave[n-W+1 .. n]). Trailing, so
-    the envelope rises AT an onset rather than half a window before it."""
-    x = np.asarray(wave, dtype=np.float64).reshape(-1)
-    x = x - x.mean()                                 # a DC offset in generated audio is not sound
-    win = max(1, round(window_s * sr))
-    csum = np.concatenate([np.zeros(win), np.cumsum(x * x)])  # leading zeros: trailing window
-    return np.sqrt(np.maximum(csum[win:] - csum[:-win], 0) / win)
-
-
-def onset_pitch(wave, sr, start, window_s=0.016, fmin=100.0) -> float:
-    """Pitch in Hz: the peak of a Hann-windowed, zero-padded FFT of `window_s` after sample `start`,
-    refined by a parabola through the peak bin and its neighbours."""
-    seg = np.asarray(wave, dtype=np.float64).reshape(-1)[start:start + round(window_s * sr)]
-    if len(seg) < 8:
-        return float("nan")
-    n_fft = 4096                                     # zero padding: bins of sr/4096 ≈ 4 Hz at 16 kHz
-    mag = np.abs(np.fft.rfft((seg - seg.mean()) * np.hanning(len(seg)), n_fft))
-    mag[: int(np.ceil(fmin * n_fft / sr))] = 0       # ignore rumble / DC
-    i = int(np.argmax(mag))
-    if 0 < i < len(mag) - 1:
-        a, b, c = np.log(mag[i - 1:i + 2] + 1e-12)
-        i = i + 0.5 * (a - c) / (a - 2 * b + c) if (a - 2 * b + c) < 0 else i
-    return float(i * sr / n_fft)
-
-
-def audio_onsets(wave, sr, level=0.5, min_snr_db=10.0, refractory_s=0.05):
-    """Waveform (N,) -> sorted list of (time_s, pitch_hz).
-
-    Threshold [ours], chosen to be robust for generated audio: the noise floor is the median of the
-    2 ms envelope (the clip is mostly between clicks), the peak its maximum, and the threshold sits
-    `level` of the way from floor to peak IN DECIBELS (0.5: the geometric mean), so it adapts to the
-    clip's loudness and to its noise. A clip whose peak is less than `min_snr_db` above its floor has
-    no onsets (noise, or silence). An onset is an upward crossing; a crossing within `refractory_s`
-    of the last onset is ignored (one click, one onset)."""
-    env = rms_envelope(wave, sr)
-    peak = env.max()
-    floor = max(np.median(env), peak * 1e-5, 1e-12)  # exact digital silence has no log
-    if peak <= 0 or 20 * np.log10(peak / floor) < min_snr_db:
-        return []
-    threshold = floor * (peak / floor) ** level
-    above = env >= threshold
-    crossings = np.nonzero(above[1:] & ~above[:-1])[0] + 1
-    if above[0]:
-        crossings = np.concatenate([[0], crossings])
-    onsets, last = [], -np.inf
-    for n in crossings:
-        if n - last >= refractory_s * sr:
-            onsets.append((n / sr, onset_pitch(wave, sr, int(n))))
-            last = n
-    return onsets
-
-
-# ---------------------------------------------------------------------------------------------
-# Matching and the sync metrics
-# ---------------------------------------------------------------------------------------------
-def match_events(video_events, audio_events, tol):
-    """One-to-one greedy matching: all (video, audio) pairs with |Δt| ≤ tol, closest first, each
-    event used at most once. Returns a list of (video_event, audio_event), sorted by video time."""
-    candidates = sorted((abs(a[0] - v[0]), i, j) for i, v in enumerate(video_events)
-                        for j, a in enumerate(audio_events) if abs(a[0] - v[0]) <= tol)
-    used_v, used_a, pairs = set(), set(), []
-    for _, i, j in candidates:
-        if i not in used_v and j not in used_a:
-            used_v.add(i), used_a.add(j)
-            pairs.append((video_events[i], audio_events[j]))
-    return sorted(pairs, key=lambda p: p[0][0])
-
-
-def _wall_pitch(wall_pitch):
-    if wall_pitch is None:
-        from data import WALL_PITCH                  # imported late: the detectors need no dataset
-        wall_pitch = WALL_PITCH
-    return wall_pitch
-
-
-def sync_metrics(pairs, fps, sr, tol=None, wall_pitch=None) -> dict:
-    """Sync of many clips. pairs: iterable of (video, wave), video as in video_to_thwc, wave (N,).
-
-    Counted over all clips together (events, not clips, are the unit):
-      precision  matched audio onsets / audio onsets   (a click the video explains)
-      recall     matched video impacts / video impacts (an impact the audio voices)
-      f1, offsets of matched events audio − video in ms (median |.|, mean |.|, signed median),
-      pitch_agreement  matched onsets whose pitch is nearer WALL_PITCH[axis] of their impact than
-                       any other wall's pitch,
-      disc_detection_rate  frames with exactly one disc / frames.
-    tol defaults to one video frame, 1/fps. A ratio with a zero denominator is None, not 0."""
-    tol = 1.0 / fps if tol is None else tol
-    wall_pitch = _wall_pitch(wall_pitch)
-    n_video = n_audio = n_frames = n_found = n_clips = 0
-    offsets, agree = [], []
-    for video, wave in pairs:
-        centroids, found = disc_track(video)
-        v_events = impacts_from_track(centroids, fps, MIN_SPEED_FRAC * video_to_thwc(video).shape[1])
-        a_events = audio_onsets(wave, sr)
-        matched = match_events(v_events, a_events, tol)
-        n_clips, n_video, n_audio = n_clips + 1, n_video + len(v_events), n_audio + len(a_events)
-        n_frames, n_found = n_frames + len(found), n_found + int(found.sum())
-        for (tv, axis), (ta, pitch) in matched:
-            offsets.append(1000.0 * (ta - tv))
-            others = [p for a, p in wall_pitch.items() if a != axis]
-            agree.append(all(abs(pitch - wall_pitch[axis]) < abs(pitch - p) for p in others))
-    ratio = lambda a, b: a / b if b else None
-    precision, recall = ratio(len(offsets), n_audio), ratio(len(offsets), n_video)
-    f1 = ratio(2 * len(offsets), n_audio + n_video)  # = 2PR/(P+R), defined even when one is 0
-    off = np.abs(np.asarray(offsets))
-    return dict(precision=precision, recall=recall, f1=f1,
-                median_abs_offset_ms=float(np.median(off)) if offsets else None,
-                mean_abs_offset_ms=float(off.mean()) if offsets else None,
-                median_offset_ms=float(np.median(offsets)) if offsets else None,
-                pitch_agreement=ratio(sum(agree), len(agree)),
-                disc_detection_rate=ratio(n_found, n_frames),
-                tol_ms=1000.0 * tol, n_clips=n_clips, n_video_events=n_video,
-                n_audio_events=n_audio, n_matched=len(offsets))
-
-
-def shift_wave(wave, seconds, sr) -> np.ndarray:
-    """Delay (seconds > 0) or advance (< 0) a waveform, zero-padding, same length."""
-    wave = np.asarray(wave)
-    n = round(seconds * sr)
-    out = np.zeros_like(wave)
-    if n >= 0:
-        out[n:] = wave[:len(wave) - n]
-    else:
-        out[:n] = wave[-n:]
-    return out
-
-
-def calibration(cfg, n=50, seed=0, shifts_s=(0.040, -0.070), roundtrip_n=16) -> dict:
-    """§8's calibration on n BounceClick clips at cfg.image_size: {"real", "shuffled",
-    "shift_+40ms", ..., "mel_roundtrip"}, each a sync_metrics dict. Shuffled pairs the video of
-    clip i with the audio of clip i+1 (i ≠ j, so chance level). The round trip scores the first
-    `roundtrip_n` clips (0: skip it)."""
-    import data
-    ds = data.BounceClick(cfg, size=n, seed=seed, num_discs=1)
-    clips = [ds.render(i)[:2] for i in range(n)]
-    sr, fps = cfg.sample_rate, cfg.fps
-    out = {"real": sync_metrics(clips, fps, sr),
-           "shuffled": sync_metrics([(clips[i][0], clips[(i + 1) % n][1]) for i in range(n)], fps, sr)}
-    for s in shifts_s:
-        out[f"shift_{1000 * s:+.0f}ms"] = sync_metrics(
-            [(v, shift_wave(w, s, sr)) for v, w in clips], fps, sr)
-    if roundtrip_n and hasattr(data, "wave_to_frames") and hasattr(data, "frames_to_wave"):
-        # the audio projection's round trip (Griffin-Lim is the slow part: one batch, first clips)
-        waves = torch.stack([torch.as_tensor(w) for _, w in clips[:roundtrip_n]])
-        rebuilt = data.frames_to_wave(data.wave_to_frames(waves, cfg), cfg).numpy()
-        out["mel_roundtrip"] = sync_metrics(
-            [(v, w) for (v, _), w in zip(clips, rebuilt)], fps, sr)
-    return out
+from sync import sync_metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,49 +181,358 @@ def protocol(cfg, n_real, n_generated, split, kind=None, net=None, net_path=None
                 network_sha256=net.sha256 if net is not None else None)
 
 
+def metric_entries(kind, real, fake, proto, reason=None) -> dict:
+    """{"fvd", "kvd"} (kind "video") or {"fad"} (kind "audio") from N×D features, each a JSON-ready
+    {"value", "reason", "protocol"}; with a reason the value is None, never 0."""
+    names = ["fvd", "kvd"] if kind == "video" else ["fad"]
+    score = {"fvd": frechet_distance, "fad": frechet_distance, "kvd": kernel_distance}
+    return {name: dict(value=None if reason else score[name](real, fake), reason=reason, protocol=proto)
+            for name in names}
+
+
 def distribution_metrics(kind, net_path, real_clips, generated_clips, cfg, split,
                          batch_size=8) -> dict:
-    """FVD + KVD (kind="video") or FAD (kind="audio") as JSON-ready entries
-    {"value": float | None, "reason": str | None, "protocol": {...}}. A missing network gives
-    value None with the reason, never 0. Clips are lists of single clips (see FeatureNet.embed)."""
-    names = ["fvd", "kvd"] if kind == "video" else ["fad"]
+    """FVD + KVD (kind="video") or FAD (kind="audio") of two lists of single clips (see
+    FeatureNet.embed); `net_path` a file or a loaded FeatureNet. A missing network gives value None
+    with the reason, never 0."""
     try:
-        net = FeatureNet(net_path, kind)
+        net = net_path if isinstance(net_path, FeatureNet) else FeatureNet(net_path, kind)
     except FeatureNetMissing as e:
         proto = protocol(cfg, len(real_clips), len(generated_clips), split, kind, net_path=net_path)
-        return {name: dict(value=None, reason=str(e), protocol=proto) for name in names}
+        return metric_entries(kind, None, None, proto, reason=str(e))
     real, fake = net.embed(real_clips, batch_size), net.embed(generated_clips, batch_size)
-    proto = protocol(cfg, len(real), len(fake), split, kind, net=net)
-    values = {"fvd": frechet_distance, "fad": frechet_distance, "kvd": kernel_distance}
-    return {name: dict(value=values[name](real, fake), reason=None, protocol=proto) for name in names}
+    return metric_entries(kind, real, fake, protocol(cfg, len(real), len(fake), split, kind, net=net))
 
 
 # ---------------------------------------------------------------------------------------------
-# CLI (the parts that need no checkpoint; the lead wires generated samples in)
+# The command line: every part, one JSON, a printed summary
 # ---------------------------------------------------------------------------------------------
+SETTINGS = dict(          # each overridable as --name value (config.parse_cli, as in train.py)
+    what="",              # parts, comma-separated: ae, gen, a2v, v2a, fvd; "" = all of them
+    out_dir="out",        # where ae.pt and dit.pt are
+    out="",               # the results JSON; "" = <out_dir>/eval.json
+    data=None,            # held-out clips: None = what ae.pt trained on; "" = BounceClick (seed+1000);
+                          # a folder = its eval split (the centred 1.6 s of each file)
+    samples="",           # a folder of generated mp4 files to score (gen, fvd) instead of sampling
+    n=16,                 # clips per set for ae / gen / a2v / v2a: generated, real and shuffled alike
+    fvd_n=None,           # clips per set for FVD / KVD / FAD: None = 2048 (§7) on a GPU, n on a CPU
+    i3d="",               # TorchScript video feature network (FVD, KVD); none: null + reason
+    audio_net="",         # TorchScript audio embedding network (FAD); none: null + reason
+    sampler="ddim",       # "ddim" or "ddpm" (ancestral)
+    steps=50,             # denoising steps, respaced from the 1000 of training
+    eta=0.0,              # DDIM noise (0: deterministic)
+    cfg_scale=1.0,        # classifier-free guidance scale (--cfg); 1 = none
+    batch_size=16,        # clips per sampling / autoencoder / feature batch
+    seed=0,               # sampling noise
+    preset="tiny",        # the config when there is no ae.pt to read it from (--samples alone)
+    device="auto",        # "auto": cuda if available, else cpu
+)
+PARTS = ("ae", "gen", "a2v", "v2a", "fvd")
+PAPER_FVD_N = 2048
+NO_SYNC = "sync needs BounceClick's known events, and the held-out clips are a folder (see fvd)"
+
+
+def shuffled(pairs):
+    """Video i with the audio of clip i+1: chance-level pairs (n ≥ 2)."""
+    return [(pairs[i][0], pairs[(i + 1) % len(pairs)][1]) for i in range(len(pairs))]
+
+
+def not_run(reason) -> dict:
+    return {"value": None, "reason": reason}
+
+
+def _checkpoint(out_dir, stage):
+    """(the checkpoint or None, its protocol entry: file, SHA-256, step, or why it is missing)."""
+    from pipeline import load_checkpoint
+    path = os.path.join(out_dir, f"{stage}.pt")
+    try:
+        ck = load_checkpoint(path, stage, f"python train.py --stage {stage}")
+    except SystemExit as e:                          # missing, unreadable or of the wrong stage
+        return None, dict(file=path, reason=str(e))
+    info = dict(file=path, sha256=file_sha256(path), step=ck["step"], reason=None,
+                trained_on=ck["train"].get("data") or "BounceClick", train_seed=ck["train"].get("seed"))
+    if stage == "dit":
+        info.update(ae_step=ck["ae_step"], latent_scale=float(ck["latent_scale"]))
+    return ck, info
+
+
+class Evaluation:
+    """What the parts share: config, checkpoints, held-out clips, models, and the generated clips
+    (the first n are kept, so gen and fvd score the same samples)."""
+
+    def __init__(self, a, device):
+        from config import Config, get_config
+        from data import VIDEO_EXTENSIONS
+        self.a, self.device = a, device
+        self.ae_ck, self.ae_info = _checkpoint(a["out_dir"], "ae")
+        self.dit_info = _checkpoint(a["out_dir"], "dit")[1]      # load_models reads its weights
+        trained = self.ae_ck["train"] if self.ae_ck else {}
+        self.cfg = Config.from_dict(self.ae_ck["config"]) if self.ae_ck else get_config(a["preset"])
+        self.data = trained.get("data", "") if a["data"] is None else a["data"]
+        self.heldout_seed = trained.get("seed", 0) + 1000      # train.py's held-out BounceClick
+        self.fvd_n = a["fvd_n"] or (PAPER_FVD_N if device.type == "cuda" else a["n"])
+        self.files = None
+        if a["samples"]:
+            folder = a["samples"]
+            self.files = sorted(os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+                                if f.lower().endswith(VIDEO_EXTENSIONS))
+            if not self.files:
+                raise SystemExit(f"--samples {folder}: not a folder of video files ({', '.join(VIDEO_EXTENSIONS)})")
+        self.gen = torch.Generator().manual_seed(a["seed"])
+        self.kept, self.networks, self._ds, self._real, self._ref, self._models = [], {}, None, None, None, None
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+    def split(self) -> str:
+        if self.data:
+            return f"{self.data}, eval split (the centred 1.6 s of each file)"
+        return (f"BounceClick seed {self.heldout_seed}, clips 0..{max(self.a['n'], self.fvd_n) - 1} "
+                f"(held out: training uses seed {self.heldout_seed - 1000})")
+
+    # ---- real clips, and the ceiling / chance rows every sync figure stands beside
+    def dataset(self):
+        import data
+        if self._ds is None:
+            self._ds = (data.VideoFolder(self.data, self.cfg, "eval", os.path.join(self.a["out_dir"], "cache"))
+                        if self.data else data.BounceClick(self.cfg, max(self.a["n"], self.fvd_n), self.heldout_seed))
+        return self._ds
+
+    def real(self):
+        """The first n held-out items: dicts of video, audio (mel frames), wave, label."""
+        self._real = self._real or [self.dataset()[i] for i in range(min(self.a["n"], len(self.dataset())))]
+        return self._real
+
+    def real_batches(self, k):
+        bs = self.a["batch_size"]
+        for start in range(0, min(k, len(self.dataset())), bs):
+            items = [self.dataset()[i] for i in range(start, min(start + bs, k, len(self.dataset())))]
+            yield torch.stack([it["video"] for it in items]), torch.stack([it["wave"] for it in items])
+
+    def beside(self, **scored) -> dict:
+        """Sync of each named list of (video, wave) pairs, with the n held-out real pairs (the
+        ceiling) and shuffled real pairs (chance) beside them."""
+        sync = lambda pairs: sync_metrics(pairs, self.cfg.fps, self.cfg.sample_rate)
+        if self._ref is None:
+            pairs = [(it["video"], it["wave"]) for it in self.real()]
+            self._ref = dict(real=sync(pairs), shuffled=sync(shuffled(pairs)))
+        return {**{name: sync(pairs) for name, pairs in scored.items()}, **self._ref}
+
+    # ---- generated clips
+    def models(self):
+        """MDSA + the EMA STDiT, or the reason they cannot be loaded (a string)."""
+        if self._models is None:
+            from pipeline import load_models
+            try:
+                self._models = load_models(self.a["out_dir"], self.device)
+            except SystemExit as e:
+                self._models = str(e)
+        return self._models
+
+    def cannot_generate(self):
+        """None when generated clips can be had (--samples, or out_dir/dit.pt), else the reason."""
+        return None if self.files or not isinstance(self.models(), str) else self.models()
+
+    def sample(self, k, **kw):
+        from pipeline import generate
+        a = self.a
+        with self.autocast():
+            video, wave = generate(self.models(), k, sampler=a["sampler"], steps=a["steps"], eta=a["eta"],
+                                   cfg_scale=a["cfg_scale"], generator=self.gen, **kw)
+        return video.float().cpu(), wave.float().cpu()
+
+    def read_samples(self, start, k):
+        from data import load_clip
+        try:
+            clips = [load_clip(path, self.cfg) for path in self.files[start:start + k]]
+        except ValueError as e:                      # names the file and what is wrong with it
+            raise SystemExit(f"--samples: {e}") from None
+        return tuple(map(torch.stack, zip(*clips))) if clips else None
+
+    def generated_batches(self, k):
+        """Up to k generated clips as (video B×3×T×S×S, wave B×N) batches: the kept ones first, then
+        new ones (sampled, or read from --samples); the first n are kept for the next part."""
+        bs, done = self.a["batch_size"], 0
+        while done < k:
+            if done < len(self.kept):
+                video, wave = map(torch.stack, zip(*self.kept[done:done + min(bs, k - done)]))
+            else:
+                new = self.read_samples(done, min(bs, k - done)) if self.files else self.sample(min(bs, k - done))
+                if new is None:
+                    return                           # the --samples folder holds fewer than k files
+                video, wave = new
+                self.kept += list(zip(video, wave))[:max(0, self.a["n"] - len(self.kept))]
+            yield video, wave
+            done += len(video)
+
+    # ---- the parts
+    @torch.no_grad()
+    def part_ae(self) -> dict:
+        """MDSA on the held-out clips: PSNR per modality, log-spectral distance of the inverted audio,
+        and (BounceClick) sync of the reconstructions beside the projection's own round trip."""
+        from autoencoder import MDSA
+        from data import frames_to_wave, log_spectral_distance
+        if self.ae_ck is None:
+            return not_run(self.ae_info["reason"])
+        ae = MDSA(self.cfg)
+        ae.load_state_dict(self.ae_ck["model"])
+        ae, items, bs = ae.to(self.device).eval(), self.real(), self.a["batch_size"]
+        sq_err, lsd, rec_pairs, proj_pairs = {"video": [], "audio": []}, {"rec": [], "proj": []}, [], []
+        for start in range(0, len(items), bs):
+            chunk = items[start:start + bs]
+            video, audio, wave = (torch.stack([it[k] for it in chunk]) for k in ("video", "audio", "wave"))
+            with self.autocast():
+                rec_v, rec_a = ae.decode(ae.encode(video.to(self.device), audio.to(self.device)))
+            rec_v, rec_a = rec_v.float().clamp(-1, 1).cpu(), rec_a.float().clamp(-1, 1).cpu()
+            sq_err["video"].append((rec_v.double() - video).pow(2).flatten())
+            sq_err["audio"].append((rec_a.double() - audio).pow(2).flatten())
+            rec_wave, proj_wave = frames_to_wave(rec_a, self.cfg), frames_to_wave(audio, self.cfg)
+            lsd["rec"] += [log_spectral_distance(w, r) for w, r in zip(wave, rec_wave)]
+            lsd["proj"] += [log_spectral_distance(w, p) for w, p in zip(wave, proj_wave)]
+            rec_pairs += list(zip(rec_v, rec_wave))
+            proj_pairs += list(zip(video, proj_wave))
+        # PSNR over all clips' elements, peak-to-peak 2 (autoencoder.psnr's definition)
+        psnr_db = {k: float(10 * torch.log10(4.0 / torch.cat(v).mean().clamp_min(4e-10))) for k, v in sq_err.items()}
+        return dict(reason=None, n_clips=len(items), psnr_video_db=psnr_db["video"],
+                    psnr_audio_frames_db=psnr_db["audio"], lsd_db=float(np.mean(lsd["rec"])),
+                    lsd_projection_only_db=float(np.mean(lsd["proj"])), sync_reason=NO_SYNC if self.data else None,
+                    sync=None if self.data else self.beside(reconstruction=rec_pairs, projection_only=proj_pairs))
+
+    def part_gen(self) -> dict:
+        """Joint generation: sync of n generated clips (and of their shuffled pairs)."""
+        if self.data or self.cannot_generate():
+            return not_run(NO_SYNC if self.data else self.cannot_generate())
+        pairs = [clip for video, wave in self.generated_batches(self.a["n"]) for clip in zip(video, wave)]
+        sync = self.beside(generated=pairs, generated_shuffled=shuffled(pairs))
+        return dict(reason=None, n_clips=len(pairs), source=self.a["samples"] or "sampled from " + self.a["out_dir"],
+                    sync=sync, one_disc_frames={k: v["disc_detection_rate"] for k, v in sync.items()})
+
+    def part_zero_shot(self, mode) -> dict:
+        """A2V (generated video vs the given audio) or V2A (the given video vs generated audio) from
+        each of the n held-out clips; "generated_shuffled" pairs clip i's output with clip i+1's input."""
+        if self.data or isinstance(self.models(), str):
+            return not_run(NO_SYNC if self.data else self.models())
+        pairs = []
+        for it in self.real():
+            label = int(it["label"]) if self.models().cfg.num_classes else None
+            video, wave = self.sample(1, mode=mode, cond_video=it["video"], cond_wave=it["wave"], label=label)
+            pairs.append((video[0], wave[0]))
+        return dict(reason=None, n_clips=len(pairs), sync=self.beside(generated=pairs, generated_shuffled=shuffled(pairs)))
+
+    @torch.no_grad()
+    def part_fvd(self) -> dict:
+        """FVD, KVD (--i3d) and FAD (--audio_net): fvd_n generated vs fvd_n held-out real clips (§7)."""
+        paths, nets, feats = {"video": self.a["i3d"] or None, "audio": self.a["audio_net"] or None}, {}, {}
+        for kind, path in paths.items():
+            try:
+                nets[kind] = FeatureNet(path, kind, self.device)
+            except FeatureNetMissing as e:
+                nets[kind] = str(e)                  # the reason, kept in place of the network
+            missing = isinstance(nets[kind], str)
+            self.networks[kind] = dict(flag=FLAGS[kind], file=path, sha256=None if missing else nets[kind].sha256,
+                                       reason=nets[kind] if missing else None)
+        loaded = {kind: net for kind, net in nets.items() if not isinstance(net, str)}
+        if loaded and not self.cannot_generate():    # one pass over each set feeds both networks
+            sets = (("real", self.real_batches(self.fvd_n)), ("generated", self.generated_batches(self.fvd_n)))
+            for name, batches in sets:
+                for video, wave in batches:
+                    for kind, net in loaded.items():
+                        feats.setdefault((name, kind), []).append(net(video if kind == "video" else wave))
+        out = dict(n_requested=self.fvd_n, note=None if self.fvd_n >= PAPER_FVD_N else
+                   f"{self.fvd_n} clips per set, not §7's {PAPER_FVD_N}: not comparable with published numbers")
+        for kind, net in nets.items():
+            reason = net if isinstance(net, str) else self.cannot_generate()
+            real, fake = (None, None) if reason else (torch.cat(feats["real", kind]), torch.cat(feats["generated", kind]))
+            proto = protocol(self.cfg, None if reason else len(real), None if reason else len(fake), self.split(),
+                             kind, net=None if isinstance(net, str) else net, net_path=paths[kind])
+            out.update(metric_entries(kind, real, fake, dict(proto, n_requested=self.fvd_n), reason))
+        return out
+
+    def protocol(self, parts, out_path) -> dict:
+        a, cfg = self.a, self.cfg
+        generation = (dict(source=a["samples"], files=len(self.files)) if self.files else
+                      dict(source="sampled", sampler=a["sampler"], steps=a["steps"], eta=a["eta"],
+                           cfg_scale=a["cfg_scale"], seed=a["seed"], batch_size=a["batch_size"],
+                           scored_as="decoded tensors (not re-encoded to mp4)"))
+        return dict(parts=list(parts), out=out_path, split=self.split(), n=a["n"], fvd_n=self.fvd_n,
+                    frames=cfg.frames, fps=cfg.fps, resolution=cfg.image_size, sample_rate=cfg.sample_rate,
+                    clip_samples=cfg.clip_samples, checkpoints={"ae": self.ae_info, "dit": self.dit_info},
+                    generation=generation, networks=self.networks, sync_tolerance_ms=1000.0 / cfg.fps,
+                    device=str(self.device), torch=torch.__version__, settings=a)
+
+
 def main(argv=None):
-    from config import get_config
-    p = argparse.ArgumentParser(description="ProAV-DiT evaluation: BounceClick sync calibration, "
-                                            "and a real-vs-real FVD/KVD/FAD floor")
-    p.add_argument("--preset", default="tiny", help="config preset (config.PRESETS)")
-    p.add_argument("--n", type=int, default=50, help="BounceClick clips per set")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--i3d", default=None, help="TorchScript video feature network (FVD, KVD)")
-    p.add_argument("--audio_net", default=None, help="TorchScript audio embedding network (FAD)")
-    p.add_argument("--out", default="eval_results.json", help="where the results JSON goes")
-    args = p.parse_args(argv)
-    cfg = get_config(args.preset)
-    results = {"config": cfg.to_dict(), "sync_calibration": calibration(cfg, n=args.n, seed=args.seed)}
-    import data                                      # real vs real (two seeds): the metrics' floor
-    a = data.BounceClick(cfg, size=args.n, seed=args.seed, num_discs=1)
-    b = data.BounceClick(cfg, size=args.n, seed=args.seed + 1, num_discs=1)
-    split = f"BounceClick seed {args.seed} vs seed {args.seed + 1}"
-    for kind, path, key in (("video", args.i3d, "video"), ("audio", args.audio_net, "wave")):
-        results.update(distribution_metrics(kind, path, [a[i][key] for i in range(args.n)],
-                                            [b[i][key] for i in range(args.n)], cfg, split))
-    with open(args.out, "w") as f:
+    import sys
+    from config import parse_cli
+    a = parse_cli(SETTINGS, sys.argv[1:] if argv is None else argv, aliases={"cfg": "cfg_scale"})
+    parts = [p.strip() for p in a["what"].split(",") if p.strip()] or list(PARTS)
+    if set(parts) - set(PARTS):
+        raise SystemExit(f"--what: unknown part(s) {sorted(set(parts) - set(PARTS))}; choose from {', '.join(PARTS)}")
+    if a["n"] < 2:
+        raise SystemExit("--n must be at least 2: shuffled pairs need another clip")
+    if a["sampler"] not in ("ddim", "ddpm"):
+        raise SystemExit(f"--sampler must be ddim or ddpm, not {a['sampler']!r}")
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a["device"] == "auto" else a["device"])
+    ev, results = Evaluation(a, device), {}
+    for part in PARTS:                               # in this order: fvd reuses gen's clips
+        if part in parts:
+            results[part] = ev.part_zero_shot(part) if part in ("a2v", "v2a") else getattr(ev, f"part_{part}")()
+    out_path = a["out"] or os.path.join(a["out_dir"], "eval.json")
+    results = {"protocol": ev.protocol(parts, out_path), **results}
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    with open(out_path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
+    os.replace(out_path + ".tmp", out_path)          # a killed run never leaves half a JSON
+    print(summary(results))
+    return results
+
+
+COLUMNS = (("F1", "f1"), ("prec", "precision"), ("recall", "recall"), ("|off|ms", "median_abs_offset_ms"),
+           ("pitch", "pitch_agreement"), ("1 disc", "disc_detection_rate"), ("events", None))
+ROWS = dict(real="real pairs (ceiling)", shuffled="shuffled real pairs (chance)",
+            reconstruction="ae: reconstructions", projection_only="ae: real video + projected audio",
+            generated="{}: generated", generated_shuffled="{}: generated, shuffled")
+
+
+def summary(results) -> str:
+    """The results JSON as a few lines and one sync table (every part's rows under the shared
+    ceiling and chance rows)."""
+    p, ck, gen = results["protocol"], results["protocol"]["checkpoints"], results["protocol"]["generation"]
+    step = lambda s: f"step {ck[s]['step']}" if ck[s]["reason"] is None else "missing"
+    cell = lambda m, key: (f"{m['n_video_events']}v/{m['n_audio_events']}a" if key is None else "—" if m[key] is None
+                           else f"{m[key]:.1f}" if key.endswith("_ms") else f"{m[key]:.3f}")
+    lines = [f"evaluation -> {p['out']}",
+             f"  held out: {p['split']}; {p['frames']} frames at {p['fps']} fps, {p['resolution']}² px, "
+             f"{p['sample_rate']} Hz; n = {p['n']}, fvd_n = {p['fvd_n']}",
+             f"  ae.pt {step('ae')}, dit.pt {step('dit')}; generated: " +
+             (f"{gen['source']} ({gen['files']} files)" if "files" in gen else
+              f"{gen['sampler']}-{gen['steps']}, eta {gen['eta']}, cfg {gen['cfg_scale']}, seed {gen['seed']}")]
+    reference, rows = {}, []
+    for part in (q for q in PARTS if q in results):
+        r = results[part]
+        if r.get("reason"):
+            lines.append(f"{part:>5}: not run: {r['reason']}")
+        elif part == "ae":
+            lines.append(f"   ae: {r['n_clips']} clips, PSNR video {r['psnr_video_db']:.2f} dB, audio frames "
+                         f"{r['psnr_audio_frames_db']:.2f} dB; LSD of the inverted audio {r['lsd_db']:.2f} dB "
+                         f"(the projection alone: {r['lsd_projection_only_db']:.2f} dB)")
+        elif part == "fvd":
+            for name in ("fvd", "kvd", "fad"):
+                e, q = r[name], r[name]["protocol"]
+                lines.append(f"{name:>5}: " + (f"null: {e['reason']}" if e["value"] is None else
+                                               f"{e['value']:.4g} ({q['n_real']} real vs {q['n_generated']} "
+                                               f"generated, {q['network_file']})"))
+        for name, m in (r.get("sync") or {}).items():
+            if name in ("real", "shuffled"):
+                reference[name] = m                  # the same held-out pairs in every part
+            else:
+                rows.append((ROWS[name].format(part), m))
+    rows = [(ROWS[name], m) for name, m in reference.items()] + rows
+    if rows:
+        lines.append(f"\n  sync (tolerance {p['sync_tolerance_ms']:.0f} ms)".ljust(40)
+                     + "".join(f"{h:>9}" for h, _ in COLUMNS))
+        lines += ["  " + label.ljust(37) + "".join(f"{cell(m, key):>9}" for _, key in COLUMNS) for label, m in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

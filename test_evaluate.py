@@ -2,6 +2,7 @@
 BounceClick) and the §7 distribution metrics (closed forms, a stand-in TorchScript network)."""
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -9,9 +10,20 @@ import pytest
 import torch
 
 import evaluate as ev
+import sync
 from config import get_config
 
 FPS, SR, T = 10, 16000, 16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two torch threads on two cores that another process also uses spin against each other
+    (Griffin-Lim ran 40× slower here); one thread keeps this file fast on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 PITCH = {"x": 1000.0, "y": 2500.0}
 
 
@@ -66,27 +78,27 @@ def clicks(events, noise=0.002, seed=0):
 def test_disc_track_subpixel_and_both_layouts():
     centres = np.stack([np.linspace(6.3, 25.1, T), np.linspace(20.7, 9.2, T)], 1)[:, None]
     video = draw_discs(centres)
-    got, found = ev.disc_track(video)
+    got, found = sync.disc_track(video)
     assert found.all()
     assert np.abs(got - centres[:, 0]).max() < 0.1      # sub-pixel from the anti-aliased rim
     as_float = torch.from_numpy(video).permute(3, 0, 1, 2).float() / 127.5 - 1  # 3×T×S×S in [-1,1]
-    got_f, found_f = ev.disc_track(as_float)
+    got_f, found_f = sync.disc_track(as_float)
     assert found_f.all() and np.allclose(got_f, got, atol=1e-3)
 
 
 def test_disc_track_rejects_empty_and_two_discs():
     empty = np.full((T, 32, 32, 3), 25, np.uint8)
-    _, found = ev.disc_track(empty)
+    _, found = sync.disc_track(empty)
     assert not found.any()
     two = draw_discs(np.tile([[[8.0, 8.0], [24.0, 22.0]]], (T, 1, 1)), colours=((230, 40, 40), (40, 80, 235)))
-    centroids, found = ev.disc_track(two)
+    centroids, found = sync.disc_track(two)
     assert not found.any() and np.isnan(centroids).all()
 
 
 def test_video_impacts_recover_exact_times():
     video, truth = bounce(start=(10.0, 21.0), velocity=(38.0, -27.0))
     assert len(truth) == 3          # x at 0.5 s (exactly on frame 5), y at 0.67 s, x at 1.18 s
-    got = ev.video_impacts(video, FPS)
+    got = sync.video_impacts(video, FPS)
     assert [a for _, a in got] == [a for _, a in truth]
     assert max(abs(g - t) for (g, _), (t, _) in zip(got, truth)) < 0.005   # < 5 ms
 
@@ -99,42 +111,42 @@ def test_video_impacts_survive_blur_and_noise():
     blurred = sum(pad[:, i:i + 32, j:j + 32] for i in range(3) for j in range(3)) / 9
     noisy = blurred + np.random.default_rng(0).normal(0, 4, x.shape)
     video2 = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
-    _, found = ev.disc_track(video2)
-    got = ev.video_impacts(video2, FPS)
+    _, found = sync.disc_track(video2)
+    got = sync.video_impacts(video2, FPS)
     assert found.all() and len(got) == len(truth)
     assert max(abs(g - t) for (g, _), (t, _) in zip(got, truth)) < 0.01
 
 
 def test_audio_onsets_time_and_pitch():
     truth = [(0.31234, "x"), (0.8, "y"), (1.25, "x")]
-    got = ev.audio_onsets(clicks(truth), SR)
+    got = sync.audio_onsets(clicks(truth), SR)
     assert len(got) == 3
     for (t, pitch), (t0, axis) in zip(got, truth):
         assert abs(t - t0) < 0.001 and abs(pitch - PITCH[axis]) < 20
-    assert ev.audio_onsets(clicks([]), SR) == []                     # noise alone: no onsets
-    assert ev.audio_onsets(np.zeros(T * SR // FPS, np.float32), SR) == []   # silence: no onsets
+    assert sync.audio_onsets(clicks([]), SR) == []                     # noise alone: no onsets
+    assert sync.audio_onsets(np.zeros(T * SR // FPS, np.float32), SR) == []   # silence: no onsets
 
 
 def test_audio_onsets_refractory():
     """Two clicks 30 ms apart give one onset (refractory 50 ms); 80 ms apart give two."""
-    assert len(ev.audio_onsets(clicks([(0.5, "x"), (0.53, "x")]), SR)) == 1
-    assert len(ev.audio_onsets(clicks([(0.5, "x"), (0.58, "x")], seed=1), SR)) == 2
+    assert len(sync.audio_onsets(clicks([(0.5, "x"), (0.53, "x")]), SR)) == 1
+    assert len(sync.audio_onsets(clicks([(0.5, "x"), (0.58, "x")], seed=1), SR)) == 2
 
 
 def test_match_events_greedy_one_to_one():
     video = [(0.50, "x"), (0.60, "y")]
     audio = [(0.58, 2500.0), (0.90, 1000.0)]
-    pairs = ev.match_events(video, audio, tol=0.1)
+    pairs = sync.match_events(video, audio, tol=0.1)
     assert pairs == [((0.60, "y"), (0.58, 2500.0))]      # the closer pair wins; one audio, one video
-    assert ev.match_events([], audio, 0.1) == []
+    assert sync.match_events([], audio, 0.1) == []
 
 
 def test_sync_metrics_synthetic_and_empty():
     video, truth = bounce(start=(10.0, 21.0), velocity=(38.0, -27.0))
-    m = ev.sync_metrics([(video, clicks(truth))], FPS, SR, wall_pitch=PITCH)
+    m = sync.sync_metrics([(video, clicks(truth))], FPS, SR, wall_pitch=PITCH)
     assert m["f1"] == 1.0 and m["pitch_agreement"] == 1.0 and m["median_abs_offset_ms"] < 5
     assert m["n_video_events"] == m["n_audio_events"] == len(truth)
-    silent = ev.sync_metrics([(np.full((T, 32, 32, 3), 25, np.uint8), clicks([]))], FPS, SR,
+    silent = sync.sync_metrics([(np.full((T, 32, 32, 3), 25, np.uint8), clicks([]))], FPS, SR,
                              wall_pitch=PITCH)
     assert silent["f1"] is None and silent["disc_detection_rate"] == 0.0   # None, never 0 or NaN
     json.dumps(silent)
@@ -142,8 +154,8 @@ def test_sync_metrics_synthetic_and_empty():
 
 def test_shift_wave():
     w = np.arange(10, dtype=np.float32)
-    assert ev.shift_wave(w, 2 / SR, SR).tolist() == [0, 0] + list(range(8))
-    assert ev.shift_wave(w, -3 / SR, SR).tolist() == list(range(3, 10)) + [0, 0, 0]
+    assert sync.shift_wave(w, 2 / SR, SR).tolist() == [0, 0] + list(range(8))
+    assert sync.shift_wave(w, -3 / SR, SR).tolist() == list(range(3, 10)) + [0, 0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +164,7 @@ def test_shift_wave():
 @pytest.fixture(scope="module")
 def calib32():
     pytest.importorskip("data")
-    return ev.calibration(get_config("tiny"), n=50, roundtrip_n=8)
+    return sync.calibration(get_config("tiny"), n=50, roundtrip_n=8)
 
 
 def test_calibration_real_pairs(calib32):
@@ -189,7 +201,7 @@ def test_calibration_mel_roundtrip(calib32):
 def test_calibration_real_pairs_s64():
     pytest.importorskip("data")
     cfg = get_config("tiny", image_size=64, video_down=8)   # S=64 with the tiny planes (L = 8)
-    real = ev.calibration(cfg, n=50, shifts_s=(), roundtrip_n=0)["real"]
+    real = sync.calibration(cfg, n=50, shifts_s=(), roundtrip_n=0)["real"]
     print("real S=64:", real)
     assert real["f1"] >= 0.99 and real["pitch_agreement"] == 1.0 and real["disc_detection_rate"] == 1.0
 
@@ -266,16 +278,6 @@ def test_feature_net_exported_pt2(tmp_path):
     assert feats.shape == (2, 8)
 
 
-def test_cli_writes_null_with_reason(tmp_path):
-    pytest.importorskip("data")
-    out = tmp_path / "results.json"
-    ev.main(["--n", "3", "--out", str(out)])
-    results = json.loads(out.read_text())
-    assert results["sync_calibration"]["real"]["f1"] == 1.0
-    for name, flag in (("fvd", "--i3d"), ("kvd", "--i3d"), ("fad", "--audio_net")):
-        assert results[name]["value"] is None and flag in results[name]["reason"]
-
-
 def test_feature_net_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="--i3d PATH"):
         ev.FeatureNet(tmp_path / "nope.pt", "video")
@@ -298,3 +300,164 @@ def test_distribution_metrics_json(tiny_net_file, tmp_path):
     assert proto["network_sha256"] == ev.file_sha256(tiny_net_file) and proto["n_real"] == 6
     assert (proto["frames"], proto["fps"], proto["resolution"], proto["sample_rate"]) == (16, 10, 32, 16000)
     assert json.loads(json.dumps(ok))["kvd"]["value"] == ok["kvd"]["value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI end to end: a toy out_dir made by train.py, and a folder of mp4 files
+# ---------------------------------------------------------------------------------------------
+TOY = ["--ae_channels", "32", "--dit_width", "64", "--dit_depth", "2", "--batch_size", "2",
+       "--train_clips", "8", "--eval_clips", "2", "--log_every", "1", "--preview_every", "0"]
+PARTS = ("ae", "gen", "a2v", "v2a", "fvd")
+
+
+class TinyAudioNet(torch.nn.Module):
+    def forward(self, x):                                    # B×N waveform -> B×16 band energies
+        return x.reshape(x.shape[0], 16, -1).pow(2).mean(-1).sqrt()
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    """Stand-in TorchScript feature networks: {"video": path, "audio": path}."""
+    d = tmp_path_factory.mktemp("nets")
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(TinyVideoNet()), str(d / "i3d.pt"))
+        torch.jit.save(torch.jit.script(TinyAudioNet()), str(d / "audio.pt"))
+    return {"video": str(d / "i3d.pt"), "audio": str(d / "audio.pt")}
+
+
+@pytest.fixture(scope="module")
+def toy_out(tmp_path_factory):
+    """ae.pt and dit.pt from train.py, two steps each, at a toy size."""
+    train = pytest.importorskip("train")
+    out = str(tmp_path_factory.mktemp("toy"))
+    train.main(["--stage", "ae", "--max_steps", "2", "--out_dir", out] + TOY)
+    train.main(["--stage", "dit", "--max_steps", "2", "--out_dir", out] + TOY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_eval(toy_out, nets):
+    """Every part on the toy checkpoints: n = 3, DDIM-2, a stand-in I3D and no audio network."""
+    returned = ev.main(["--out_dir", toy_out, "--n", "3", "--steps", "2", "--i3d", nets["video"]])
+    with open(f"{toy_out}/eval.json") as f:
+        results = json.load(f)
+    assert results == json.loads(json.dumps(returned))         # the JSON holds what main returned
+    return results
+
+
+def test_cli_protocol(toy_eval, toy_out, nets):
+    p = toy_eval["protocol"]
+    assert set(toy_eval) == {"protocol", *PARTS} and p["parts"] == list(PARTS)
+    assert (p["n"], p["fvd_n"], p["frames"], p["fps"], p["resolution"], p["sample_rate"]) == (3, 3, 16, 10, 32, 16000)
+    assert "seed 1000" in p["split"] and p["sync_tolerance_ms"] == 100.0
+    for stage in ("ae", "dit"):
+        ck = p["checkpoints"][stage]
+        assert ck["step"] == 2 and ck["reason"] is None and ck["sha256"] == ev.file_sha256(f"{toy_out}/{stage}.pt")
+    g = p["generation"]
+    assert (g["source"], g["sampler"], g["steps"], g["eta"]) == ("sampled", "ddim", 2, 0.0)
+    assert p["networks"]["video"]["sha256"] == ev.file_sha256(nets["video"])
+    assert p["networks"]["audio"]["sha256"] is None and "--audio_net" in p["networks"]["audio"]["reason"]
+
+
+def test_cli_sync_parts_stand_beside_real_and_shuffled(toy_eval):
+    for part in ("ae", "gen", "a2v", "v2a"):
+        r = toy_eval[part]
+        assert r["reason"] is None and r["n_clips"] == 3
+        sync = r["sync"]
+        assert sync["real"]["f1"] == 1.0 and sync["real"]["n_clips"] == 3      # the ceiling
+        assert sync["shuffled"]["f1"] < sync["real"]["f1"]                        # chance
+    ae = toy_eval["ae"]
+    assert all(isinstance(ae[k], float) for k in ("psnr_video_db", "psnr_audio_frames_db", "lsd_db"))
+    # the projection alone (real video + inverted real mel frames) keeps the events: the ceiling
+    # that a reconstruction can reach, and a check that the LSD is measured against the right wave
+    assert ae["sync"]["projection_only"]["f1"] >= 0.9 and ae["lsd_projection_only_db"] < ae["lsd_db"]
+    assert set(toy_eval["gen"]["one_disc_frames"]) == {"generated", "generated_shuffled", "real", "shuffled"}
+    # zero-shot pairs the generated modality with the GIVEN one: the given side's events are the real ones
+    real = toy_eval["a2v"]["sync"]["real"]
+    assert toy_eval["a2v"]["sync"]["generated"]["n_audio_events"] == real["n_audio_events"]
+    assert toy_eval["v2a"]["sync"]["generated"]["n_video_events"] == real["n_video_events"]
+
+
+def test_cli_fvd_values_and_missing_network(toy_eval, nets):
+    fvd = toy_eval["fvd"]
+    for name in ("fvd", "kvd"):
+        e = fvd[name]
+        assert e["reason"] is None and math.isfinite(e["value"])
+        assert (e["protocol"]["n_real"], e["protocol"]["n_generated"]) == (3, 3)
+        assert e["protocol"]["network_sha256"] == ev.file_sha256(nets["video"])
+    assert fvd["fvd"]["value"] > 0                         # untrained samples are far from real clips
+    assert fvd["fad"]["value"] is None and "--audio_net" in fvd["fad"]["reason"]   # null, never 0
+    assert fvd["n_requested"] == 3 and "2048" in fvd["note"]
+
+
+def test_cli_summary_prints_every_part(toy_eval, capsys):
+    text = ev.summary(toy_eval)
+    for label in ("real pairs (ceiling)", "shuffled real pairs (chance)", "ae: reconstructions",
+                  "gen: generated", "a2v: generated", "v2a: generated", "PSNR video", "fad: null"):
+        assert label in text
+
+
+def test_cli_samples_folder_of_real_clips_is_in_sync(tmp_path, nets):
+    """Real held-out clips written as mp4 and scored as "generated": F1 ≈ 1 validates the whole
+    read-back path (H.264 + AAC, load_clip, detectors). No checkpoints: the rest is null + reason."""
+    from data import BounceClick, write_mp4
+    cfg = get_config("tiny")
+    ds = BounceClick(cfg, size=4, seed=1000)                  # the held-out clips the CLI scores as real
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in range(4):
+        write_mp4(str(folder / f"{i:03d}.mp4"), ds[i]["video"], ds[i]["wave"], cfg)
+    out = tmp_path / "eval.json"
+    r = ev.main(["--samples", str(folder), "--out_dir", str(tmp_path / "none"), "--n", "4", "--out", str(out),
+                 "--i3d", nets["video"], "--audio_net", nets["audio"]])
+    gen = r["gen"]["sync"]["generated"]
+    print("mp4 read-back:", gen)
+    assert gen["f1"] >= 0.99 and gen["pitch_agreement"] == 1.0 and gen["median_abs_offset_ms"] < 10
+    assert r["gen"]["one_disc_frames"]["generated"] == 1.0
+    assert r["gen"]["sync"]["generated_shuffled"]["f1"] < 0.99
+    for part in ("ae", "a2v", "v2a"):                          # load_models asks for ae.pt first
+        assert r[part]["value"] is None and "python train.py --stage ae" in r[part]["reason"]
+    assert r["protocol"]["generation"] == {"source": str(folder), "files": 4}
+    assert "ae.pt" in r["protocol"]["checkpoints"]["ae"]["reason"]
+    # FVD / FAD from the folder alone; mp4 coding moves the features a little, not a lot
+    assert all(math.isfinite(r["fvd"][k]["value"]) for k in ("fvd", "kvd", "fad"))
+    assert json.loads(out.read_text())["gen"]["n_clips"] == 4
+
+
+def test_cli_without_dit_runs_ae_and_gives_reasons(toy_out, tmp_path):
+    os.link(os.path.join(toy_out, "ae.pt"), tmp_path / "ae.pt")
+    r = ev.main(["--out_dir", str(tmp_path), "--n", "2", "--batch_size", "2"])
+    assert r["ae"]["reason"] is None and r["ae"]["sync"]["real"]["f1"] == 1.0     # from ae.pt alone
+    for part in ("gen", "a2v", "v2a"):
+        assert r[part]["value"] is None and "dit.pt" in r[part]["reason"] and "--stage dit" in r[part]["reason"]
+    for name in ("fvd", "kvd", "fad"):
+        assert r["fvd"][name]["value"] is None and r["fvd"][name]["reason"]
+    assert r["protocol"]["checkpoints"]["dit"]["reason"] and r["protocol"]["checkpoints"]["ae"]["step"] == 2
+    assert os.path.exists(tmp_path / "eval.json")
+
+
+def test_cli_data_folder_scores_ae_and_fvd_not_sync(toy_out, tmp_path, nets):
+    """--data FOLDER: the autoencoder and FVD run on its eval split; sync needs BounceClick."""
+    from data import BounceClick, write_mp4
+    cfg = get_config("tiny")
+    ds = BounceClick(cfg, size=2, seed=7)
+    (tmp_path / "clips").mkdir()
+    for i in range(2):
+        write_mp4(str(tmp_path / "clips" / f"{i}.mp4"), ds[i]["video"], ds[i]["wave"], cfg)
+    r = ev.main(["--out_dir", toy_out, "--data", str(tmp_path / "clips"), "--n", "2", "--steps", "2",
+                 "--what", "ae,gen,fvd", "--i3d", nets["video"], "--out", str(tmp_path / "eval.json")])
+    assert r["ae"]["n_clips"] == 2 and r["ae"]["sync"] is None and "BounceClick" in r["ae"]["sync_reason"]
+    assert r["gen"]["value"] is None and "BounceClick" in r["gen"]["reason"]
+    assert r["fvd"]["fvd"]["protocol"]["n_real"] == 2 and str(tmp_path / "clips") in r["protocol"]["split"]
+    assert "a2v" not in r and r["protocol"]["parts"] == ["ae", "gen", "fvd"]
+
+
+def test_cli_bad_settings(tmp_path):
+    with pytest.raises(SystemExit, match="unknown part"):
+        ev.main(["--what", "ae,fid", "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="at least 2"):
+        ev.main(["--n", "1", "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--samples"):
+        ev.main(["--samples", str(tmp_path / "nope"), "--out_dir", str(tmp_path)])
