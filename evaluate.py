@@ -412,11 +412,14 @@ class Evaluation:
         each of the n held-out clips; "generated_shuffled" pairs clip i's output with clip i+1's input."""
         if self.data or isinstance(self.models(), str):
             return not_run(NO_SYNC if self.data else self.models())
-        pairs = []
-        for it in self.real():
-            label = int(it["label"]) if self.models().cfg.num_classes else None
-            video, wave = self.sample(1, mode=mode, cond_video=it["video"], cond_wave=it["wave"], label=label)
-            pairs.append((video[0], wave[0]))
+        pairs, items, bs = [], self.real(), self.a["batch_size"]
+        for i in range(0, len(items), bs):  # each clip of a batch conditioned on its own held-out clip
+            chunk = items[i:i + bs]
+            video, wave = self.sample(len(chunk), mode=mode, cond_video=torch.stack([it["video"] for it in chunk]),
+                                      cond_wave=torch.stack([it["wave"] for it in chunk]),
+                                      label=(torch.stack([it["label"] for it in chunk])
+                                             if self.models().cfg.num_classes else None))
+            pairs += list(zip(video, wave))
         return dict(reason=None, n_clips=len(pairs), sync=self.beside(generated=pairs, generated_shuffled=shuffled(pairs)))
 
     @torch.no_grad()

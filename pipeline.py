@@ -94,44 +94,43 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
              generator=None, progress: bool = False):
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
-    mode "a2v": `cond_wave` (N,) is given; its three audio planes are fixed and the video is sampled.
-    mode "v2a": `cond_video` (3×T×S×S) is given; its three video planes are fixed, audio is sampled.
-    The returned clip carries the given modality itself, untouched, beside the generated one.
+    mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
+    mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
+    A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
+    carry the given modality itself, untouched, beside the generated one.
     """
     cfg, dev = m.cfg, next(m.dit.parameters()).device
     L, c = cfg.latent_size, cfg.latent_channels
     shape = (n, c, 6, L, L)
     known = known_mask = None
     if mode in ("a2v", "v2a"):
-        if mode == "a2v":
-            if cond_wave is None:
-                raise ValueError("mode a2v needs the audio to condition on (cond_wave)")
-            audio = wave_to_frames(torch.as_tensor(cond_wave, dtype=torch.float32), cfg)[None].to(dev)
-            planes = m.ae.encode(audio=audio)  # video planes come back None: the AE encodes audio alone
+        given = cond_wave if mode == "a2v" else cond_video
+        if given is None:
+            raise ValueError(f"mode {mode} needs the {'audio (cond_wave)' if mode == 'a2v' else 'video (cond_video)'}"
+                             " to condition on")
+        given = torch.as_tensor(given, dtype=torch.float32)
+        single = given.dim() == (1 if mode == "a2v" else 4)
+        given = given[None].expand(n, *given.shape) if single else given  # n × (N or 3×T×S×S)
+        if mode == "a2v":  # the AE encodes audio alone: the video planes come back None
+            planes = m.ae.encode(audio=wave_to_frames(given, cfg).to(dev))
         else:
-            if cond_video is None:
-                raise ValueError("mode v2a needs the video to condition on (cond_video)")
-            planes = m.ae.encode(video=torch.as_tensor(cond_video, dtype=torch.float32)[None].to(dev))
+            planes = m.ae.encode(video=given.to(dev))
         ref = next(p for p in planes if p is not None)
         planes = [torch.zeros_like(ref) if p is None else p for p in planes]
-        known = (stack_planes(planes) * m.latent_scale).expand(shape)
+        known = stack_planes(planes) * m.latent_scale
         known_mask = (VIDEO_PLANES if mode == "v2a" else ~VIDEO_PLANES).to(dev)
     elif mode != "joint":
         raise ValueError(f"unknown mode {mode!r}: choose joint, a2v or v2a")
     y = None
     if cfg.num_classes > 0:
-        # No label asked: sample every class in turn, so a grid shows them all.
-        y = (torch.full((n,), int(label)) if label is not None else torch.arange(n) % cfg.num_classes).to(dev)
+        # One label for all clips, one per clip (n labels), or none: every class in turn (a grid shows all).
+        y = (torch.as_tensor(label).long().expand(n) if label is not None else torch.arange(n) % cfg.num_classes).to(dev)
     elif label is not None:
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
     z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, eta=eta, y=y, cfg_scale=cfg_scale,
                            known=known, known_mask=known_mask, noise=noise, progress=progress)
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
-    video = video.clamp(-1, 1).float().cpu()
-    wave = frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)
-    if mode == "a2v":
-        wave = torch.as_tensor(cond_wave, dtype=torch.float32).expand(n, -1).clone()
-    if mode == "v2a":
-        video = torch.as_tensor(cond_video, dtype=torch.float32).expand(n, -1, -1, -1, -1).clone()
+    video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
+    wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)
     return video, wave
