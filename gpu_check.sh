@@ -18,13 +18,13 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, keep the log, print
   echo "== $name: exit $? in $((SECONDS - t0)) s"; tr '\r' '\n' < "$OUT/$name.log" | grep -v 'it/s]$' | tail -4
 }
 # 1. The CUDA code paths at tiny: torchrun (nccl) DDP, bf16 autocast, fused AdamW, compile, sampling.
-step train_ae 150 torchrun --standalone --nproc_per_node 1 train.py --stage ae --max_steps 200 \
+step train_ae 60 torchrun --standalone --nproc_per_node 1 train.py --stage ae --max_steps 100 \
   --out_dir "$OUT/run" --log_every 50 --preview_every 0 --num_workers 6
-step train_dit 150 python3 train.py --stage dit --max_steps 200 --out_dir "$OUT/run" --train_clips 1024 \
+step train_dit 90 python3 train.py --stage dit --max_steps 100 --out_dir "$OUT/run" --train_clips 1024 \
   --log_every 50 --preview_every 0 --num_workers 6 --compile true
-step sample 60 python3 sample.py --out_dir "$OUT/run" --n 8
+step sample 40 python3 sample.py --out_dir "$OUT/run" --n 8
 # 2. Costs and speed at both presets, bf16 eager; then the paper preset compiled.
-step bench 240 python3 bench.py --device cuda --out "$OUT/bench_gpu.md"
-step bench_compile 200 python3 bench.py --device cuda --compile true --presets paper --timed paper \
+step bench 170 python3 bench.py --device cuda --repeats 3 --out "$OUT/bench_gpu.md"
+step bench_compile 120 python3 bench.py --device cuda --compile true --presets paper --timed paper --repeats 3 \
   --out "$OUT/bench_gpu_compile.md"
 cat "$OUT"/bench_gpu*.md
