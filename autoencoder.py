@@ -202,8 +202,8 @@ class MDSABlock(nn.Module):
     """Spatial self-attn, MT-SelfAttn (per stream), GCM-Attn, Bi-Block CrossAttn, MLP (per stream).
 
     video `B×T'×Nv×C`, audio `B×T'×Na×C` (either may be None) → the same, updated residually.
-    With one stream missing the cross-modal layers are skipped. `cross` scales their updates: the
-    encoder's cross-modal dropout passes 0.0 (see MDSA._encode_grids).
+    With one stream missing the cross-modal layers are skipped. `cross` (a 0-dim 0/1 tensor, or None
+    for 1) scales their updates: the encoder's cross-modal dropout passes 0 (see MDSA._encode_grids).
     """
 
     def __init__(self, dim: int, heads: int, scales, group: int):
@@ -215,7 +215,7 @@ class MDSABlock(nn.Module):
         self.mlp_v, self.mlp_a = (nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 4 * dim), nn.GELU(),
                                                 nn.Linear(4 * dim, dim)) for _ in range(2))
 
-    def forward(self, video, audio, cross: float = 1.0):
+    def forward(self, video, audio, cross=None):
         if video is not None:
             video = video + self.spatial_v(video)
             video = video + self.temporal_v(video)
@@ -225,7 +225,7 @@ class MDSABlock(nn.Module):
         if video is not None and audio is not None:
             for layer in (self.gcm, self.biblock):
                 dv, da = layer(video, audio)
-                video, audio = (video + dv, audio + da) if cross == 1.0 else (video + cross * dv, audio + cross * da)
+                video, audio = (video + dv, audio + da) if cross is None else (video + cross * dv, audio + cross * da)
         if video is not None:
             video = video + self.mlp_v(video)
         if audio is not None:
@@ -277,11 +277,13 @@ class MDSA(nn.Module):
         # were absent, so encoding one modality alone (zero-shot A2V/V2A) is in-distribution. The
         # updates are multiplied by 0 rather than skipped so every parameter still joins the graph
         # (DDP needs no find_unused_parameters, and ranks may draw differently).
-        drop = self.training and cfg.xmodal_dropout > 0 and torch.rand((), device="cpu").item() < cfg.xmodal_dropout
+        # The keep/drop factor stays a tensor (no .item()), so torch.compile sees no graph break.
+        keep = ((torch.rand(()) >= cfg.xmodal_dropout).float()
+                if self.training and cfg.xmodal_dropout > 0 else None)
         v = self.video.embed(video) if video is not None else None
         a = self.audio.embed(audio) if audio is not None else None
         for blk in self.enc_blocks:
-            v, a = blk(v, a, cross=0.0 if drop else 1.0)
+            v, a = blk(v, a, cross=keep)
         return (self.video.to_planes(v) if v is not None else None,
                 self.audio.to_planes(a) if a is not None else None)
 
