@@ -7,15 +7,6 @@ from autoencoder import MDSA, AxisPool, psnr
 from config import get_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small ops on a shared 2-core machine: one thread is ~10× faster than two fighting for cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def streams(B=2, T=8, Nv=16, Na=12, D=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(B, T, Nv, D, generator=g), torch.randn(B, T, Na, D, generator=g)

@@ -18,15 +18,6 @@ from data import (WALL_PITCH, BounceClick, VideoFolder, frames_to_wave, load_cli
 TINY = get_config("tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These are small ops: on a shared 2-core machine extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def synth_music(cfg, seed=0):
     """Speech/music-like test signal: an 8-harmonic 220 Hz tone with 5 Hz vibrato and a slow
     amplitude envelope, three decaying noise bursts, a faint noise floor; peak 0.5."""

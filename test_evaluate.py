@@ -14,16 +14,6 @@ import sync
 from config import get_config
 
 FPS, SR, T = 10, 16000, 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two cores that another process also uses spin against each other
-    (Griffin-Lim ran 40× slower here); one thread keeps this file fast on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 PITCH = {"x": 1000.0, "y": 2500.0}
 
 

@@ -14,15 +14,6 @@ from config import PRESETS, get_config
 from diffusion import Diffusion, respaced_timesteps
 from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine, intra-op threads spin against each other
-    and a 10 ms step can take a second. One thread for this file, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # A small denoiser for the sampler tests: the tiny latent (c=4, six 8×8 planes), fewer channels.
 SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2)
