@@ -241,7 +241,7 @@ class MDSA(nn.Module):
 
     encode(video=None, audio=None, sample=False) → (v_hw, v_th, v_tw, a_hw, a_th, a_tw), each B×c×L×L
     decode(planes) → (video B×3×T×S×S, audio B×1×T×M×F), unbounded (clamp to [-1, 1] for display)
-    loss(video, audio) → {'loss', 'l1_video', 'l1_audio', 'kl', 'video_rec', 'audio_rec'}
+    loss(video, audio) → {'loss', 'l1_video', 'l1_audio', 'mse_video', 'mse_audio', 'kl', 'video_rec', 'audio_rec'}
     """
 
     def __init__(self, cfg):
@@ -316,15 +316,22 @@ class MDSA(nn.Module):
         return self.video.decode(v), self.audio.decode(a)
 
     def loss(self, video: torch.Tensor, audio: torch.Tensor) -> dict:
-        """L1 video + L1 audio (means over elements) + kl_weight·KL [ours]. KL of the six diagonal
-        Gaussians against N(0, I), summed over latent elements and averaged over the batch (as in
-        latent diffusion, so the 1e-6 weight keeps its usual meaning)."""
+        """Per modality L1 + mse_weight·MSE (means over elements), plus kl_weight·KL [ours].
+
+        L1 alone is minimised by the per-pixel median, and for a small moving object (a disc, a
+        click) whose place the decoder cannot yet pin down, the median is the background: the object
+        never appears. The squared term gives those rare, large errors the gradient that finds them.
+        KL of the six diagonal Gaussians against N(0, I), summed over latent elements and averaged
+        over the batch (as in latent diffusion, so the 1e-6 weight keeps its usual meaning)."""
         post_v, post_a = self._posteriors(video, audio)
         posts = [(m, lv.clamp(-30.0, 20.0)) for m, lv in post_v + post_a]
         video_rec, audio_rec = self.decode([self._sample(m, lv) for m, lv in posts])
-        l1_video = (video_rec - video).abs().mean()
-        l1_audio = (audio_rec - audio).abs().mean()
+        err_v, err_a = video_rec - video, audio_rec - audio
+        l1_video, l1_audio = err_v.abs().mean(), err_a.abs().mean()
+        mse_video, mse_audio = err_v.pow(2).mean(), err_a.pow(2).mean()
         kl = sum(0.5 * (m.pow(2) + lv.exp() - 1.0 - lv).sum() for m, lv in posts) / video.shape[0]
-        return {"loss": l1_video + l1_audio + self.cfg.kl_weight * kl,
+        recon = l1_video + l1_audio + self.cfg.mse_weight * (mse_video + mse_audio)
+        return {"loss": recon + self.cfg.kl_weight * kl,
                 "l1_video": l1_video.detach(), "l1_audio": l1_audio.detach(), "kl": kl.detach(),
+                "mse_video": mse_video.detach(), "mse_audio": mse_audio.detach(),
                 "video_rec": video_rec.detach(), "audio_rec": audio_rec.detach()}
