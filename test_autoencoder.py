@@ -121,7 +121,9 @@ def test_mdsa_tiny_shapes_and_api():
     assert out["loss"].requires_grad and out["loss"].dim() == 0
     assert not out["kl"].requires_grad and out["kl"] > 0
     assert out["video_rec"].shape == video.shape and out["audio_rec"].shape == audio.shape
-    expect = out["l1_video"] + out["l1_audio"] + cfg.kl_weight * out["kl"]
+    expect = (out["l1_video"] + out["l1_audio"] + cfg.mse_weight * (out["mse_video"] + out["mse_audio"])
+              + cfg.kl_weight * out["kl"])
+    torch.testing.assert_close(out["mse_video"], (out["video_rec"] - video).pow(2).mean())
     torch.testing.assert_close(out["loss"].detach(), expect)
     with pytest.raises(ValueError, match="video must be"):
         model.encode(video=video[:, :, :8])
