@@ -25,10 +25,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoencoder import MDSA
-from config import PRESETS, get_config, parse_cli
+from config import get_config, parse_cli
 from data import frames_to_wave
 from diffusion import Diffusion
-from model import STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
+from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
 
 # ----------------------------------------------------------------------------- settings
 device = "cpu"          # "cpu" or "cuda"
@@ -145,7 +145,6 @@ def timed_steps(cfg, dev, a, peak) -> list:
     z = torch.randn(db, *latent_shape(cfg), device=dev)
     measure("DiT train step", dit, lambda: diffusion.loss(fwd, z), db)
     dit.eval()
-    del z
 
     @torch.no_grad()
     def sample(n):
