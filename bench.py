@@ -25,7 +25,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoencoder import MDSA
-from config import get_config, parse_cli
+from config import get_config, parse_cli, settings_block
 from data import frames_to_wave
 from diffusion import Diffusion
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
@@ -41,8 +41,7 @@ sample_steps = 50       # DDIM steps for the sampling measurements
 repeats = 5             # timed repetitions (median reported)
 out = "out/bench.md"    # where the markdown tables are written
 
-SETTINGS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and k.islower()
-            and isinstance(v, (str, int, float, bool))}
+SETTINGS = settings_block(dict(globals()))
 
 
 # ----------------------------------------------------------------------------- counting

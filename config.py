@@ -143,6 +143,12 @@ def get_config(preset: str = "tiny", **overrides) -> Config:
 
 
 # ----------------------------------------------------------------------------- command line
+def settings_block(namespace: dict) -> dict:
+    """A script's settings: its lower-case module globals holding plain values (nanoGPT style)."""
+    return {k: v for k, v in namespace.items() if not k.startswith("_") and k.islower()
+            and isinstance(v, (str, int, float, bool, type(None)))}
+
+
 def parse_cli(settings: dict, argv: list, aliases: dict = None) -> dict:
     """Override a script's settings block from `--name value` / `--name=value` / bare `--flag`.
 

@@ -16,7 +16,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from config import parse_cli
+from config import parse_cli, settings_block
 from data import load_clip, save_grid, wave_to_frames, write_mp4, write_wav
 from pipeline import generate, load_models
 
@@ -34,8 +34,7 @@ cond = ""               # the clip to condition on in a2v / v2a: any file the fo
 seed = 0
 device = "auto"
 
-SETTINGS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and k.islower()
-            and isinstance(v, (str, int, float, bool, type(None)))}
+SETTINGS = settings_block(dict(globals()))
 
 
 def main(argv):

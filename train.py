@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from autoencoder import MDSA, psnr
-from config import Config, get_config, parse_cli
+from config import Config, get_config, parse_cli, settings_block
 from data import BounceClick, VideoFolder, frames_to_wave, save_grid, wave_to_frames, write_mp4
 from diffusion import Diffusion
 from model import STDiT, stack_planes
@@ -67,8 +67,7 @@ STAGE_DEFAULTS = {     # sized so that both stages + sampling fit 30 minutes on 
                                                           # what limits samples, so it gets the time
 }
 
-SETTINGS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and k.islower()
-            and isinstance(v, (str, int, float, bool, type(None)))}
+SETTINGS = settings_block(dict(globals()))
 CONFIG_FIELDS = [f.name for f in fields(Config)]
 
 
