@@ -218,14 +218,16 @@ def griffin_lim(mag: torch.Tensor, cfg, n_iter: int = 32, momentum: float = 0.99
 
 def frames_to_wave(frames: torch.Tensor, cfg, n_iter: int = 32) -> torch.Tensor:
     """Mel frames B×1×T×M×F (or 1×T×M×F) in [-1, 1] → waveform B×N (or N), N = cfg.clip_samples."""
-    frames = torch.as_tensor(frames)
+    frames = torch.as_tensor(frames).float()
     single = frames.dim() == 4
     frames = frames[None] if single else frames
-    mag = mel_to_linear(frames_to_mel(frames, cfg), cfg)                        # B×K×(T·F)
-    # istft with center=True wants the T·F + 1 columns that wave_to_frames computed; the dropped
-    # last one (centred on sample N) is close to its neighbour, so repeat it.
-    mag = torch.cat([mag, mag[..., -1:]], dim=-1)
-    wave = griffin_lim(mag, cfg, n_iter=n_iter, length=cfg.clip_samples)
+    # fp32 even inside a caller's bf16 autocast: NNLS and Griffin-Lim iterate on small differences
+    with torch.autocast(frames.device.type, enabled=False):
+        mag = mel_to_linear(frames_to_mel(frames, cfg), cfg)                    # B×K×(T·F)
+        # istft with center=True wants the T·F + 1 columns that wave_to_frames computed; the dropped
+        # last one (centred on sample N) is close to its neighbour, so repeat it.
+        mag = torch.cat([mag, mag[..., -1:]], dim=-1)
+        wave = griffin_lim(mag, cfg, n_iter=n_iter, length=cfg.clip_samples)
     return wave[0] if single else wave
 
 
@@ -271,7 +273,12 @@ SPEED_RANGE = (0.6, 1.6)  # |velocity| per axis, in box spans per second: ~1-2.5
 CLICK_DECAY_S = 0.015     # tone amplitude time constant: e^(-60 ms / 15 ms) ≈ 2 %, a ~60 ms click
 CLICK_LENGTH_S = 0.12     # tone cut here (amplitude e^-8 by then)
 CLICK_AMPLITUDE = 0.5     # peak well below clipping; tones never overlap (gap 0.25 s ≫ 0.12 s)
-NOISE_STD = 0.002         # the quiet noise floor (≈ −48 dB re the click)
+# The noise floor sits BELOW the log-mel floor (LOG_MEL_MIN), so the projected frames are flat
+# between clicks. At the −48 dB floor we had first (std 0.002), every mel frame was random texture
+# (std ≈ 0.05 in [-1, 1]) that MDSA faithfully encoded: two noise draws of one clip gave audio latents
+# further apart than two different clips, and the denoiser, busy with unpredictable texture, never
+# tied clicks to the video (README, "Results on BounceClick").
+NOISE_STD = 5e-6          # −100 dB re the click, about 16-bit dither: not digital silence
 
 
 def _fold(p, lo, hi):

@@ -35,13 +35,15 @@ def synth_music(cfg, seed=0):
 
 # ---- 1. projection ---------------------------------------------------------------------------------
 # Measured (torch 2.13 CPU, 32 Griffin-Lim iterations, 100 NNLS iterations), SC / LSD dB / frame L1:
-#   tiny  BounceClick 0.461 / 4.15 / 0.011    tiny  music 0.479 / 7.28 / 0.019
-#   paper BounceClick 0.280 / 3.63 / 0.013    paper music 0.122 / 4.51 / 0.019
+#   tiny  BounceClick 0.460 / 0.39 / 0.0094   tiny  music 0.479 / 7.28 / 0.019
+#   paper BounceClick 0.279 / 0.27 / 0.0096   paper music 0.122 / 4.51 / 0.019
+# (BounceClick's LSD is low because its noise floor lies under the log-mel floor: between clicks
+# both spectra sit at the LSD floor.)
 # Everything is seeded, so the limits sit only ~4 % above those: enough for BLAS differences,
 # tight enough that 8 Griffin-Lim iterations instead of 32 fail. Tiny's SC is high because 32 mel
 # bands over 257 FFT bins discard most of the fine spectral detail; M = 64 (paper) halves it.
-LIMITS = {("tiny", "bounce"): (0.48, 4.35, 0.0118), ("tiny", "music"): (0.495, 7.55, 0.0205),
-          ("paper", "bounce"): (0.295, 3.80, 0.0136), ("paper", "music"): (0.130, 4.70, 0.0196)}
+LIMITS = {("tiny", "bounce"): (0.48, 0.41, 0.0098), ("tiny", "music"): (0.495, 7.55, 0.0205),
+          ("paper", "bounce"): (0.29, 0.285, 0.0100), ("paper", "music"): (0.130, 4.70, 0.0196)}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
