@@ -41,8 +41,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     def split(t):  # ...×N×D → B'×H×N×d
         return t.reshape(-1, t.shape[-2], heads, dim // heads).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
+    out = sdpa(split(q), split(k), split(v))
     return out.transpose(1, 2).reshape(*lead, q.shape[-2], dim)
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√d)V on `B'×H×N×d` tensors: `F.scaled_dot_product_attention`, except bf16 on CPU.
+
+    There the fused CPU kernel ran 3-6× slower than two batched matmuls on our short sequences
+    (6 to 64 tokens; BENCHMARKS.md), so we write the product out. The logits are small (≤ 64×64 per
+    head) and the softmax runs in fp32.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        weights = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+        return weights.softmax(-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 def _zero(linear: nn.Linear) -> nn.Linear:

@@ -13,13 +13,12 @@ Prints markdown tables (and writes them to --out). No pass/fail: numbers only.
     L×L planes against the SAME STDiT (width, depth, heads) over the full 2·T'×L×L latents of both
     modalities (`model.unprojected_stdit`).
   - Achieved FLOP/s of a training step is reported against a matrix product's FLOP/s measured in the
-    same process (fp32 on CPU, bf16 on GPU): the model FLOPs utilisation, MFU.
+    same process and the same precision as the steps: the model FLOPs utilisation, MFU.
 """
 import os
 import platform
 import sys
 import time
-from contextlib import nullcontext
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -29,10 +28,12 @@ from config import get_config, parse_cli, settings_block
 from data import frames_to_wave
 from diffusion import Diffusion
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
+from pipeline import autocast, use_bf16
 
 # ----------------------------------------------------------------------------- settings
 device = "cpu"          # "cpu" or "cuda"
 compile = False         # torch.compile the timed models
+precision = "auto"      # as train.py: "auto" = bf16 on GPUs and on CPUs with fast bf16, else "fp32"
 presets = "tiny,paper"  # presets whose FLOPs are counted
 timed = ""              # presets whose steps are timed; "" = tiny on CPU, tiny and paper on GPU
 ae_batch = 0            # clips per timed AE step; 0 = 8 at tiny, 4 at paper
@@ -94,23 +95,23 @@ def median_time(fn, dev, repeats) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def matmul_rate(dev) -> float:
-    """FLOP/s of a large square matrix product: fp32 on CPU, bf16 on GPU (the MFU denominator)."""
-    n, dtype = (8192, torch.bfloat16) if dev.type == "cuda" else (2048, torch.float32)
+def matmul_rate(dev, bf16: bool) -> float:
+    """FLOP/s of a large square matrix product in the steps' precision (the MFU denominator)."""
+    n, dtype = (8192 if dev.type == "cuda" else 2048), (torch.bfloat16 if bf16 else torch.float32)
     a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
     return 2 * n ** 3 / median_time(lambda: a @ b, dev, 10)
 
 
 def timed_steps(cfg, dev, a, peak) -> list:
     """Rows: AE training step, DiT training step, DDIM sampling (with decode + Griffin-Lim)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
+    amp = autocast(dev, a["precision"])
     big = cfg.image_size > 64
     ab, db = a["ae_batch"] or (4 if big else 8), a["dit_batch"] or (16 if big else 32)
     rows = []
 
     def train_step(model, loss_fn, opt):
         def step():
-            with autocast:
+            with amp:
                 loss = loss_fn()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -147,7 +148,7 @@ def timed_steps(cfg, dev, a, peak) -> list:
 
     @torch.no_grad()
     def sample(n):
-        with autocast:
+        with amp:
             x = diffusion.sample(fwd, (n, *latent_shape(cfg)), steps=a["sample_steps"])
             v, au = ae.decode(unstack_planes(x))
         return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
@@ -176,8 +177,9 @@ def main(argv):
         name = torch.cuda.get_device_name(dev)
     else:
         name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    bf16 = use_bf16(dev, a["precision"])
     out = [f"Machine: {name}; torch {torch.__version__}; compile={a['compile']}; "
-           f"{'bf16 autocast' if dev.type == 'cuda' else 'fp32'}"]
+           f"{'bf16 autocast' if bf16 else 'fp32'}"]
 
     rows = []
     for p in a["presets"].split(","):
@@ -193,8 +195,8 @@ def main(argv):
                       "tokens 6-plane / full 3D", "STDiT", "STDiT unprojected", "unprojected ÷ projected",
                       f"TFLOPs per clip, DDIM-{a['sample_steps']} + decode"], rows))
 
-    peak = matmul_rate(dev)
-    out.append(f"\nMatrix product ({'bf16 8192³' if dev.type == 'cuda' else 'fp32 2048³'}), same process: "
+    peak = matmul_rate(dev, bf16)
+    out.append(f"\nMatrix product ({'bf16' if bf16 else 'fp32'} {2048 if dev.type == 'cpu' else 8192}³), same process: "
                f"{peak / 1e12:.3f} TFLOP/s\n")
     for p in (a["timed"] or ("tiny,paper" if dev.type == "cuda" else "tiny")).split(","):
         cfg = get_config(p)

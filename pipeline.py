@@ -10,7 +10,9 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
     by replacing the known planes at every step [ours, after MM-Diffusion]), undo the latent scale,
     unstack the six planes, decode them with MDSA (§3) and invert the mel frames to a waveform (§2).
 """
+import functools
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +24,39 @@ from diffusion import Diffusion
 from model import STDiT, stack_planes, unstack_planes
 
 # Fields that only the denoiser reads: the DiT stage may change these on top of the AE's config.
-DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio",
-              "class_dropout", "diffusion_steps", "schedule")
+DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
+              "class_dropout", "diffusion_steps", "schedule", "prediction")
+
+
+# ----------------------------------------------------------------------------- precision
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 matrices at least twice as fast as fp32 (~20 ms to find out).
+
+    CPUs with AVX512-BF16 or AMX do (4.7× on the 2-core EPYC of BENCHMARKS.md); most laptops do
+    not, and there bf16 would only add rounding. Best of 5 so a busy moment cannot decide it."""
+    def best(dtype):
+        a = torch.randn(512, 512).to(dtype)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    return best(torch.bfloat16) < 0.5 * best(torch.float32)
+
+
+def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+    """precision "auto" → bf16 on GPUs and on CPUs where it is fast; "bf16" or "fp32" force it."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    return precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_bf16_is_fast()))
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The mixed-precision context: bf16 autocast where `use_bf16`, else a no-op. bf16 keeps fp32's
+    exponent range, so no loss scaling is needed."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from config import parse_cli, settings_block
 from data import load_clip, save_grid, wave_to_frames, write_mp4, write_wav
-from pipeline import generate, load_models
+from pipeline import autocast, generate, load_models
 
 # ----------------------------------------------------------------------------- settings
 out_dir = "out"         # where ae.pt and dit.pt are; samples go to out_dir/samples
@@ -59,11 +59,10 @@ def main(argv):
     out = os.path.join(a["out_dir"], "samples")
     os.makedirs(out, exist_ok=True)
     gen = torch.Generator().manual_seed(a["seed"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
     videos, waves = [], []
     for start in tqdm(range(0, a["n"], a["batch_size"]), desc=f"sampling ({a['mode']}, {a['sampler']}-{a['steps']})"):
         k = min(a["batch_size"], a["n"] - start)
-        with autocast:
+        with autocast(dev):
             video, wave = generate(models, k, mode=a["mode"], cond_video=cond_video, cond_wave=cond_wave,
                                    label=a["class_label"], cfg_scale=a["cfg_scale"], sampler=a["sampler"],
                                    steps=a["steps"], eta=a["eta"], generator=gen, progress=a["n"] <= a["batch_size"])

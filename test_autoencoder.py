@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from attention import BiBlockCrossAttn, GCMAttn, MTSelfAttn, SpatialSelfAttention, attention
+from attention import BiBlockCrossAttn, GCMAttn, MTSelfAttn, SpatialSelfAttention, attention, sdpa
 from autoencoder import MDSA, AxisPool, psnr
 from config import get_config
 
@@ -29,6 +29,16 @@ def test_attention_primitive_matches_explicit_softmax():
     ref = ((qh @ kh.transpose(-1, -2)) / 2.0).softmax(-1) @ vh                     # √d = 2
     assert out.shape == (2, 3, 5, 8)
     torch.testing.assert_close(out, ref.transpose(-2, -3).flatten(-2), atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_bf16_cpu_path_matches_fused_fp32():
+    # bf16 on CPU takes the written-out product (faster there); it must agree with the fused fp32
+    # kernel to bf16's precision, including the 1/√d scale.
+    q, k, v = torch.randn(3, 2, 6, 16), torch.randn(3, 2, 9, 16), torch.randn(3, 2, 9, 16)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    got = sdpa(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), ref, atol=3e-2, rtol=3e-2)
 
 
 def test_attention_module_shapes():
