@@ -3,13 +3,14 @@ Diffusion over the stacked latent: PAPER.md §5.
 
   schedules      linear β 1e-4 → 0.02 (DDPM) and cosine (Nichol & Dhariwal), 1000 steps   [paper; ours]
   q_sample       x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε                                              [DDPM]
-  loss           uniform t, ε-prediction, MSE                                             [DDPM]
+  loss           uniform t, MSE on ε (DDPM) or on v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho)  [DDPM; ours]
   sample         DDPM ancestral (respaced) and DDIM (η), classifier-free guidance,
                  known-plane replacement for zero-shot A2V / V2A                [ours, MM-Diffusion]
 
-The model is any callable `model(x_t, t, y) → ε̂` with the shape of x_t (model.STDiT); it is
-always called with ORIGINAL timestep indices 0..T−1, also when sampling on a respaced grid, so one
-trained network serves every sampler and step count.
+The model is any callable `model(x_t, t, y) → ε̂` (or v̂) with the shape of x_t (model.STDiT); it
+is always called with ORIGINAL timestep indices 0..T−1, also when sampling on a respaced grid, so one
+trained network serves every sampler and step count. Samplers only see ε̂: a v̂ is converted by
+`predict_eps`, so both parameterisations share every sampling line.
 
 Conventions: the schedule tables are float64 (ᾱ near 1e-5 at t≈999 needs the digits), and their
 entries are cast to the latent's dtype only at use. x0 predictions are NOT clipped: the latents are
@@ -61,9 +62,11 @@ def respaced_timesteps(num_steps, total):
 class Diffusion:
     """A fixed forward process and its samplers. Holds tables only, no weights."""
 
-    def __init__(self, steps=1000, schedule="linear"):
+    def __init__(self, steps=1000, schedule="linear", prediction="eps"):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"diffusion: unknown prediction {prediction!r}; choose 'eps' or 'v'")
         self.num_timesteps = steps
-        self.schedule = schedule
+        self.schedule, self.prediction = schedule, prediction
         self.betas = make_betas(schedule, steps)                     # T, float64
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)   # ᾱ_t, T, float64
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
@@ -71,7 +74,7 @@ class Diffusion:
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(steps=cfg.diffusion_steps, schedule=cfg.schedule)
+        return cls(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction)
 
     @staticmethod
     def _at(table, t, x):
@@ -87,24 +90,37 @@ class Diffusion:
         return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
     def loss(self, model, x0, y=None, *, t=None, noise=None):
-        """ε-prediction MSE at t ~ U{0..T−1}: a scalar. `t` and `noise` may be fixed (tests)."""
+        """MSE of the model's ε̂ (or v̂) at t ~ U{0..T−1}: a scalar. `t` and `noise` may be fixed (tests).
+
+        In terms of the x0 error, ε-MSE weighs step t by SNR_t = ᾱ/(1−ᾱ) and v-MSE by 1 + SNR_t: at
+        the noisy steps, where a clip's layout (when the disc hits a wall, when the click sounds) is
+        decided, v gives 10-1000× the weight ε does."""
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
-        eps = model(self.q_sample(x0, t, noise), t, y)
-        return F.mse_loss(eps.float(), noise.float())               # in float32 under bf16 autocast
+        out = model(self.q_sample(x0, t, noise), t, y)
+        if self.prediction == "v":
+            target = self._at(self.sqrt_alphas_cumprod, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        else:
+            target = noise
+        return F.mse_loss(out.float(), target.float())              # in float32 under bf16 autocast
 
     # ---- sampling ----
 
     def predict_eps(self, model, x, t, y=None, cfg_scale=1.0):
-        """ε̂ with classifier-free guidance: ε_u + s·(ε_c − ε_u), both from one batched forward.
-        Without labels, or at s = 1 (where the formula is just ε_c), a single plain forward."""
+        """ε̂ with classifier-free guidance: out_u + s·(out_c − out_u), both from one batched forward.
+        Without labels, or at s = 1 (where the formula is just out_c), a single plain forward. A v̂ is
+        turned into ε̂ = √(1−ᾱ)·x_t + √ᾱ·v̂ (the guidance combination is linear, so either order)."""
         if y is None or cfg_scale == 1.0:
-            return model(x, t, y)
-        null = torch.full_like(y, model.null_label)
-        eps_cond, eps_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
-        return eps_uncond + cfg_scale * (eps_cond - eps_uncond)
+            out = model(x, t, y)
+        else:
+            null = torch.full_like(y, model.null_label)
+            out_cond, out_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+            out = out_uncond + cfg_scale * (out_cond - out_uncond)
+        if self.prediction == "v":
+            out = self._at(self.sqrt_one_minus_alphas_cumprod, t, x) * x + self._at(self.sqrt_alphas_cumprod, t, x) * out
+        return out
 
     @torch.no_grad()
     def sample(self, model, shape, *, sampler="ddim", steps=50, eta=0.0, y=None, cfg_scale=1.0,

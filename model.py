@@ -14,19 +14,23 @@ channel count c, both read from the `Config`.
     TimestepEmbedder              sinusoid of t → MLP                                 [ours, DDPM]
     LabelEmbedder                 class table with a null row for classifier-free guidance  [ours]
     STDiTBlock                    adaLN-Zero; spatial attn, "temporal" attn, MLP   [ours, Open-Sora]
+                                  ("temporal" across the planes at each position, or
+                                  over whole rows of all six: cfg.cross_plane)              [ours]
     FinalLayer                    adaLN, linear, then unpatchify                        [ours, DiT]
   unprojected_stdit               the same STDiT over the full 2·T'-frame latent,
                                   the baseline of the efficiency claim (§6)                 [ours]
 
 Token layout inside the network: `B×N×S×D`, N latent frames (6 planes), S = (L/p)² tokens per
-frame, D = cfg.dit_width. Spatial attention folds N into the batch; temporal attention folds S into
-the batch; there are no Python loops over frames, so the forward compiles into one graph.
+frame, D = cfg.dit_width. Spatial attention folds N into the batch; temporal attention folds S
+(or, by rows, the row index) into the batch; there are no Python loops over frames, so the forward
+compiles into one graph.
 """
 import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from attention import sdpa
 
 # ----------------------------------------------------------------------------------------------
 # The unified 3D latent                                                                   [paper]
@@ -164,21 +168,24 @@ class SelfAttention(nn.Module):
     def forward(self, x):
         m, s, d = x.shape
         q, k, v = self.qkv(x).reshape(m, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(q, k, v)                  # M×heads×S×(D/heads), fused
+        x = sdpa(q, k, v)                                            # M×heads×S×(D/heads)
         return self.out(x.transpose(1, 2).reshape(m, s, d))
 
 
 class STDiTBlock(nn.Module):
-    """One block on `B×N×S×D` tokens, conditioned on `c: B×D`.
+    """One block on `B×N×S×D` tokens (S = g·g patches of a plane, row-major), conditioned on `c: B×D`.
 
     x += g1 · SpatialAttn(adaLN(x))    tokens of one plane attend to each other   (B·N sequences of S)
-    x += g2 · TemporalAttn(adaLN(x))   the N planes attend at each position       (B·S sequences of N)
+    x += g2 · TemporalAttn(adaLN(x))   across the N planes, grouped by `cross_plane`:
+                                         "position": the N tokens at one (row, column) (B·S of N)
+                                         "row":      the N·g tokens of one row         (B·g of N·g)
     x += g3 · MLP(adaLN(x))
     The temporal step is where row r of v_th meets row r of a_th: the same instant, video and audio.
     """
 
-    def __init__(self, width, heads, mlp_ratio):
+    def __init__(self, width, heads, mlp_ratio, cross_plane="position", grid=1):
         super().__init__()
+        self.cross_plane, self.grid = cross_plane, grid
         # LayerNorm without affine: adaLN supplies the per-sample scale and shift instead.
         self.norm_spatial = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.norm_temporal = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -198,8 +205,14 @@ class STDiTBlock(nn.Module):
         h = modulate(self.norm_spatial(x), shift_s, scale_s).reshape(b * n, s, d)
         x = x + gate_s * self.spatial(h).reshape(b, n, s, d)
 
-        h = modulate(self.norm_temporal(x), shift_t, scale_t).transpose(1, 2).reshape(b * s, n, d)
-        x = x + gate_t * self.temporal(h).reshape(b, s, n, d).transpose(1, 2)
+        h = modulate(self.norm_temporal(x), shift_t, scale_t)
+        if self.cross_plane == "row":  # B×N×(g·g)×D → (B·g)×(N·g)×D: a row of every plane together
+            g = self.grid
+            h = self.temporal(h.reshape(b, n, g, g, d).transpose(1, 2).reshape(b * g, n * g, d))
+            x = x + gate_t * h.reshape(b, g, n, g, d).transpose(1, 2).reshape(b, n, s, d)
+        else:
+            h = self.temporal(h.transpose(1, 2).reshape(b * s, n, d))
+            x = x + gate_t * h.reshape(b, s, n, d).transpose(1, 2)
 
         return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
 
@@ -223,11 +236,11 @@ class FinalLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 class STDiT(nn.Module):
-    """ε-prediction transformer over a stacked latent.
+    """The denoiser over a stacked latent: predicts ε or v (cfg.prediction; diffusion.py converts).
 
     STDiT(cfg, num_frames=6):
       forward(x: B×c×N×L×L float, t: B long in [0, cfg.diffusion_steps), y: B long or None)
-        → ε̂: B×c×N×L×L
+        → ε̂ or v̂: B×c×N×L×L
     N = num_frames latent frames (6 planes, or 2·T' for the unprojected baseline), c =
     cfg.latent_channels, L = cfg.latent_size, patch p = cfg.patch.
 
@@ -252,7 +265,8 @@ class STDiT(nn.Module):
         self.frame_embed = nn.Parameter(torch.zeros(num_frames, width))                      # N×D
         self.t_embed = TimestepEmbedder(width)
         self.y_embed = LabelEmbedder(cfg.num_classes, width, cfg.class_dropout) if cfg.num_classes > 0 else None
-        self.blocks = nn.ModuleList(STDiTBlock(width, cfg.dit_heads, cfg.mlp_ratio) for _ in range(cfg.dit_depth))
+        self.blocks = nn.ModuleList(STDiTBlock(width, cfg.dit_heads, cfg.mlp_ratio, cfg.cross_plane, self.grid)
+                                    for _ in range(cfg.dit_depth))
         self.final = FinalLayer(width, self.patch, self.channels)
         self.initialize_weights()
 

@@ -119,6 +119,28 @@ def test_stdit_knows_which_plane_is_which():
     torch.testing.assert_close(model(x[:, :, swap], t), model(x, t)[:, :, swap], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("cross_plane", ["position", "row"])
+def test_cross_plane_attention_groups(cross_plane):
+    # Only the "temporal" step open (gates of the spatial step and the MLP at 0, its own at 1): a
+    # change to one token of plane 0 at (row 1, col 2) must reach the other planes at that position
+    # only ("position"), or anywhere in row 1 but never another row ("row", where same-instant rows
+    # of video and audio meet whole).
+    from model import STDiTBlock
+    torch.manual_seed(0)
+    block = STDiTBlock(32, 2, 4.0, cross_plane, grid=4)
+    with torch.no_grad():
+        block.modulation[-1].weight.zero_()
+        block.modulation[-1].bias.zero_()
+        block.modulation[-1].bias[5 * 32:6 * 32] = 1.0               # gate_t: shift, scale, gate ×3
+    x, c = torch.randn(1, 6, 16, 32), torch.randn(1, 32)
+    y = x.clone()
+    y[0, 0, 1 * 4 + 2] += torch.randn(32)                            # not a constant: LayerNorm removes those
+    moved = (block(y, c) - block(x, c)).abs().amax(-1)[0].reshape(6, 4, 4) > 1e-6   # plane × row × col
+    assert moved[1:, 1, 2].all()                                     # the other planes, same position
+    assert not moved[:, [0, 2, 3]].any()                             # no other row, in either mode
+    assert moved[1:, 1, [0, 1, 3]].any() == (cross_plane == "row")   # rest of the row: "row" only
+
+
 def test_paper_stdit_on_meta_device():
     cfg = get_config("paper", num_classes=9)
     with torch.device("meta"):                                        # shapes only, no allocation
@@ -157,6 +179,26 @@ def test_q_sample_ends():
     assert cosine.betas.max() <= 0.999 and cosine.alphas_cumprod[-1] < 1e-4
 
 
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_v_prediction_targets_and_conversion(schedule):
+    # An oracle that knows x0 and ε: its v̂ gives zero v-loss, and predict_eps turns it into ε exactly
+    # (ε = √(1−ᾱ)·x_t + √ᾱ·v), so every sampler is shared with ε-prediction.
+    diffusion = Diffusion(1000, schedule, prediction="v")
+    x0, noise = torch.randn(4, 4, 6, 8, 8, dtype=torch.float64), torch.randn(4, 4, 6, 8, 8, dtype=torch.float64)
+    t = torch.tensor([0, 250, 700, 999])
+    ab = diffusion.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+    def oracle(x_t, t_, y=None):
+        return v
+
+    assert diffusion.loss(oracle, x0, t=t, noise=noise).item() < 1e-20
+    x_t = diffusion.q_sample(x0, t, noise)
+    torch.testing.assert_close(diffusion.predict_eps(oracle, x_t, t), noise, atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="prediction"):
+        Diffusion(1000, schedule, prediction="x0")
+
+
 def test_respaced_grid():
     assert respaced_timesteps(10, 1000).tolist() == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
     assert respaced_timesteps(1000, 1000).tolist() == list(range(1000))
@@ -182,11 +224,13 @@ def test_ddim_eta0_is_deterministic_and_ddpm_runs():
     torch.testing.assert_close(ddpm, ddim1, rtol=1e-4, atol=1e-4)
 
 
-def test_classifier_free_guidance():
-    cfg = get_config("tiny", num_classes=3, **SMALL)
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_classifier_free_guidance(prediction):
+    cfg = get_config("tiny", num_classes=3, prediction=prediction, **SMALL)
     model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
     x, t, y = torch.randn(2, *latent_shape(cfg)), torch.tensor([50, 700]), torch.tensor([0, 2])
-    eps_c, eps_u = model(x, t, y), model(x, t, torch.full_like(y, model.null_label))
+    as_eps = lambda out: diffusion.predict_eps(lambda *_: out, x, t)  # noqa: E731 (v̂ → ε̂; ε̂ stays)
+    eps_c, eps_u = as_eps(model(x, t, y)), as_eps(model(x, t, torch.full_like(y, model.null_label)))
     assert torch.equal(diffusion.predict_eps(model, x, t, y, cfg_scale=1.0), eps_c)
     torch.testing.assert_close(diffusion.predict_eps(model, x, t, y, cfg_scale=4.0),
                                eps_u + 4.0 * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
