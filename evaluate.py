@@ -24,8 +24,9 @@ Two families of numbers live here.
      python evaluate.py --samples out/samples --what gen # score mp4 files made elsewhere
      python evaluate.py --what fvd --i3d i3d.pt --audio_net vggish.pt --fvd_n 2048
    Parts: ae (PSNR per modality, log-spectral distance of the inverted audio, sync of the
-   reconstructions), gen (joint samples), a2v / v2a (zero-shot from held-out clips), fvd (FVD, KVD,
-   FAD). Every sync figure stands beside the same metrics on n real held-out pairs (the ceiling) and
+   reconstructions), gen (joint samples), a2v / v2a (zero-shot from held-out clips), xmodal (does
+   the denoiser read the other modality: ε-MSE with matched vs shuffled partner planes), fvd (FVD,
+   KVD, FAD). Every sync figure stands beside the same metrics on n real held-out pairs (the ceiling) and
    on shuffled real pairs (chance). A part that cannot run (no checkpoint, no network, a folder
    where sync needs BounceClick) is {"value": null, "reason": ...}; "protocol" states the counts,
    split, frames, fps, resolution, sample rate, checkpoints, networks (with SHA-256) and sampler.
@@ -34,7 +35,6 @@ import hashlib
 import json
 import os
 import warnings
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -208,7 +208,7 @@ def distribution_metrics(kind, net_path, real_clips, generated_clips, cfg, split
 # The command line: every part, one JSON, a printed summary
 # ---------------------------------------------------------------------------------------------
 SETTINGS = dict(          # each overridable as --name value (config.parse_cli, as in train.py)
-    what="",              # parts, comma-separated: ae, gen, a2v, v2a, fvd; "" = all of them
+    what="",              # parts, comma-separated: ae, gen, a2v, v2a, xmodal, fvd; "" = all of them
     out_dir="out",        # where ae.pt and dit.pt are
     out="",               # the results JSON; "" = <out_dir>/eval.json
     data=None,            # held-out clips: None = what ae.pt trained on; "" = BounceClick (seed+1000);
@@ -227,7 +227,8 @@ SETTINGS = dict(          # each overridable as --name value (config.parse_cli, 
     preset="tiny",        # the config when there is no ae.pt to read it from (--samples alone)
     device="auto",        # "auto": cuda if available, else cpu
 )
-PARTS = ("ae", "gen", "a2v", "v2a", "fvd")
+PARTS = ("ae", "gen", "a2v", "v2a", "xmodal", "fvd")
+XMODAL_T = (0.1, 0.3, 0.5, 0.7)   # the xmodal part's noise levels, as fractions of the T steps
 PAPER_FVD_N = 2048
 NO_SYNC = "sync needs BounceClick's known events, and the held-out clips are a folder (see fvd)"
 
@@ -282,7 +283,8 @@ class Evaluation:
         self.kept, self.networks, self._ds, self._real, self._ref, self._models = [], {}, None, None, None, None
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        from pipeline import autocast   # imported late, like the other pipeline parts here
+        return autocast(self.device)
 
     def split(self) -> str:
         if self.data:
@@ -423,6 +425,41 @@ class Evaluation:
         return dict(reason=None, n_clips=len(pairs), sync=self.beside(generated=pairs, generated_shuffled=shuffled(pairs)))
 
     @torch.no_grad()
+    def part_xmodal(self) -> dict:
+        """Does the denoiser read the other modality? [ours] On the n held-out clips' latents: the
+        MSE of ε̂ on one modality's three planes when the other three come from the same clip
+        ("matched") or from the next clip ("shuffled"), all six noised to the same t with the same
+        noise. Matched below shuffled: the STDiT uses the other stream, the precondition of sync;
+        equal: it makes each modality on its own. Needs no BounceClick, so it runs on folders too."""
+        if isinstance(self.models(), str):
+            return not_run(self.models())
+        from model import stack_planes
+        from pipeline import VIDEO_PLANES
+        m, items, bs = self.models(), self.real(), self.a["batch_size"]
+        z = []
+        for i in range(0, len(items), bs):
+            chunk = items[i:i + bs]
+            with self.autocast():
+                planes = m.ae.encode(torch.stack([it["video"] for it in chunk]).to(self.device),
+                                     torch.stack([it["audio"] for it in chunk]).to(self.device))
+            z.append(stack_planes(planes).float() * m.latent_scale)     # n×c×6×L×L, as the STDiT saw them
+        z, gen = torch.cat(z), torch.Generator().manual_seed(self.a["seed"])
+        mse = {f"{who}_{pairing}": [] for who in ("audio", "video") for pairing in ("matched", "shuffled")}
+        steps = [int(f * m.diffusion.num_timesteps) for f in XMODAL_T]
+        for step in steps:
+            t = torch.full((len(z),), step, device=self.device)
+            noise = torch.randn(z.shape, generator=gen).to(self.device)
+            for who in ("audio", "video"):
+                own = VIDEO_PLANES.clone() if who == "video" else ~VIDEO_PLANES
+                for pairing, other in (("matched", z), ("shuffled", z.roll(1, 0))):
+                    x_t = m.diffusion.q_sample(torch.where(own.to(self.device)[:, None, None], z, other), t, noise)
+                    with self.autocast():
+                        eps = torch.cat([m.diffusion.predict_eps(m.dit, x_t[i:i + bs], t[i:i + bs]).float()
+                                         for i in range(0, len(z), bs)])
+                    mse[f"{who}_{pairing}"].append((eps - noise)[:, :, own].pow(2).mean().item())
+        return dict(reason=None, n_clips=len(z), timesteps=steps, eps_mse=mse)   # eps_mse[k][i] at timesteps[i]
+
+    @torch.no_grad()
     def part_fvd(self) -> dict:
         """FVD, KVD (--i3d) and FAD (--audio_net): fvd_n generated vs fvd_n held-out real clips (§7)."""
         paths, nets, feats = {"video": self.a["i3d"] or None, "audio": self.a["audio_net"] or None}, {}, {}
@@ -519,6 +556,12 @@ def summary(results) -> str:
             lines.append(f"   ae: {r['n_clips']} clips, PSNR video {r['psnr_video_db']:.2f} dB, audio frames "
                          f"{r['psnr_audio_frames_db']:.2f} dB; LSD of the inverted audio {r['lsd_db']:.2f} dB "
                          f"(the projection alone: {r['lsd_projection_only_db']:.2f} dB)")
+        elif part == "xmodal":
+            mse = r["eps_mse"]
+            lines.append("xmodal: ε-MSE of each modality's planes with the other's from the same clip / another clip")
+            for who in ("audio", "video"):
+                lines.append(f"  {who:>5} " + "  ".join(f"t={t}: {m:.4f} / {s:.4f}" for t, m, s in
+                                                      zip(r["timesteps"], mse[who + "_matched"], mse[who + "_shuffled"])))
         elif part == "fvd":
             for name in ("fvd", "kvd", "fad"):
                 e, q = r[name], r[name]["protocol"]

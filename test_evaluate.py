@@ -297,7 +297,7 @@ def test_distribution_metrics_json(tiny_net_file, tmp_path):
 # ---------------------------------------------------------------------------------------------
 TOY = ["--ae_channels", "32", "--dit_width", "64", "--dit_depth", "2", "--batch_size", "2",
        "--train_clips", "8", "--eval_clips", "2", "--log_every", "1", "--preview_every", "0"]
-PARTS = ("ae", "gen", "a2v", "v2a", "fvd")
+PARTS = ("ae", "gen", "a2v", "v2a", "xmodal", "fvd")
 
 
 class TinyAudioNet(torch.nn.Module):
@@ -382,10 +382,21 @@ def test_cli_fvd_values_and_missing_network(toy_eval, nets):
     assert fvd["n_requested"] == 3 and "2048" in fvd["note"]
 
 
+def test_cli_xmodal_part(toy_eval):
+    # ε-MSE per modality, matched and shuffled partners, at 10/30/50/70% of the T steps; the toy
+    # denoiser is barely trained, so only the layout and the range are checked here (the default
+    # run's figures are in the README).
+    r = toy_eval["xmodal"]
+    assert r["reason"] is None and r["n_clips"] == 3 and r["timesteps"] == [100, 300, 500, 700]
+    assert set(r["eps_mse"]) == {"audio_matched", "audio_shuffled", "video_matched", "video_shuffled"}
+    for per_t in r["eps_mse"].values():
+        assert len(per_t) == 4 and all(0 < v < 10 for v in per_t)
+
+
 def test_cli_summary_prints_every_part(toy_eval, capsys):
     text = ev.summary(toy_eval)
     for label in ("real pairs (ceiling)", "shuffled real pairs (chance)", "ae: reconstructions",
-                  "gen: generated", "a2v: generated", "v2a: generated", "PSNR video", "fad: null"):
+                  "gen: generated", "a2v: generated", "v2a: generated", "PSNR video", "fad: null", "xmodal:"):
         assert label in text
 
 
