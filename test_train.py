@@ -107,3 +107,30 @@ def test_wrong_checkpoints_are_refused_with_what_to_run(trained, tmp_path):
         train.main(["--stage", "dit", "--out_dir", str(bad)] + TOY)
     with pytest.raises(SystemExit, match=r"unknown setting --max_stepz"):
         train.main(["--stage", "ae", "--max_stepz", "3"])
+
+
+def test_latent_cache_follows_the_autoencoder_not_the_denoiser(trained, tmp_path):
+    """Another denoiser setting reuses the cached latents; a retrained AE (same step count, other
+    weights) never meets the latents of the old one."""
+    out = str(tmp_path)
+    os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
+
+    def caches():
+        return sorted(f for f in os.listdir(out) if f.startswith("latents_"))
+
+    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out] + TOY)
+    first = caches()
+    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out, "--cross_plane", "row"] + TOY)
+    assert caches() == first and len(first) == 1
+    os.remove(os.path.join(out, "ae.pt"))
+    train.main(["--stage", "ae", "--max_steps", "3", "--out_dir", out, "--seed", "1"] + TOY)
+    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out] + TOY)
+    assert len(caches()) == 2
+
+
+def test_precision_setting():
+    from pipeline import use_bf16
+    cpu = torch.device("cpu")
+    assert use_bf16(cpu, "bf16") and not use_bf16(cpu, "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        use_bf16(cpu, "fp16")
