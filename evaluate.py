@@ -450,9 +450,9 @@ class Evaluation:
             t = torch.full((len(z),), step, device=self.device)
             noise = torch.randn(z.shape, generator=gen).to(self.device)
             for who in ("audio", "video"):
-                own = VIDEO_PLANES.clone() if who == "video" else ~VIDEO_PLANES
+                own = (VIDEO_PLANES if who == "video" else ~VIDEO_PLANES).to(self.device)   # over the 6 planes
                 for pairing, other in (("matched", z), ("shuffled", z.roll(1, 0))):
-                    x_t = m.diffusion.q_sample(torch.where(own.to(self.device)[:, None, None], z, other), t, noise)
+                    x_t = m.diffusion.q_sample(torch.where(own[:, None, None], z, other), t, noise)
                     with self.autocast():
                         eps = torch.cat([m.diffusion.predict_eps(m.dit, x_t[i:i + bs], t[i:i + bs]).float()
                                          for i in range(0, len(z), bs)])
