@@ -57,8 +57,8 @@ class Config:
     diffusion_steps: int = 1000
     schedule: str = "linear"    # "linear" (1e-4 → 0.02) or "cosine"
     prediction: str = "v"       # what the STDiT predicts: "v" or "eps" (DDPM, the paper preset). At
-                                # tiny, ε left audio and video unsynced (sync-F1 0.35, chance 0.39);
-                                # v weighs the noisy steps where the layout is decided: 0.68
+                                # tiny, ε left audio and video unsynced (sync-F1 0.35, its shuffled
+                                # pairs 0.37); v weighs the noisy steps where the layout is decided: 0.68
 
     # ---- derived sizes ----
     @property
