@@ -6,6 +6,7 @@ Diffusion over the stacked latent: PAPER.md §5.
   loss           uniform t, MSE on ε (DDPM) or on v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho)  [DDPM; ours]
   sample         DDPM ancestral (respaced) and DDIM (η), classifier-free guidance,
                  known-plane replacement for zero-shot A2V / V2A                [ours, MM-Diffusion]
+                 plus reconstruction guidance on the free planes                 [ours, Ho et al. 2022]
 
 The model is any callable `model(x_t, t, y) → ε̂` (or v̂) with the shape of x_t (model.STDiT); it
 is always called with ORIGINAL timestep indices 0..T−1, also when sampling on a respaced grid, so one
@@ -124,7 +125,7 @@ class Diffusion:
 
     @torch.no_grad()
     def sample(self, model, shape, *, sampler="ddim", steps=50, eta=0.0, y=None, cfg_scale=1.0,
-               known=None, known_mask=None, noise=None, generator=None, progress=False):
+               known=None, known_mask=None, guidance=0.0, noise=None, generator=None, progress=False):
         """Draw x0 of `shape` (B×c×N×L×L) from noise; returns float32.
 
         sampler   "ddim" (η = eta; 0 is deterministic given the start noise) or "ddpm" (ancestral,
@@ -135,6 +136,12 @@ class Diffusion:
                   bool over the N frame axis (length N) or broadcastable to `shape`. Masked frames
                   are replaced by q_sample(known, t) before every model call, so the model denoises
                   the rest in agreement with them; at the end they are exactly `known`.
+        guidance  reconstruction guidance weight w (with `known`; 0 = replacement alone) [Ho et al.
+                  2022, as MM-Diffusion's zero-shot transfer]: the free planes' x̂0 moves by
+                  −(w·√ᾱ/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of the
+                  known planes agree with them. Replacement alone only informs the free planes through
+                  the model's attention to the known ones, which a joint model may barely use; the
+                  gradient also reaches them through the known planes' dependence on the free ones.
         noise     the starting x_T (else drawn from `generator`).
         """
         if sampler not in ("ddim", "ddpm"):
@@ -164,7 +171,10 @@ class Diffusion:
                 t_batch = torch.full((shape[0],), timesteps[i], device=device, dtype=torch.long)
                 if known is not None:                                 # fresh noise: x_t of the known latent
                     x = torch.where(known_mask, self.q_sample(known, t_batch, randn()), x)
-                eps = self.predict_eps(model, x, t_batch, y, cfg_scale).float()
+                if known is not None and guidance > 0:
+                    eps = self.guided_eps(model, x, t_batch, y, cfg_scale, known, known_mask, guidance)
+                else:
+                    eps = self.predict_eps(model, x, t_batch, y, cfg_scale).float()
                 t_prev = timesteps[i - 1] if i > 0 else None
                 x = self.step(x, eps, timesteps[i], t_prev, sampler, eta, randn)
         finally:
@@ -172,6 +182,20 @@ class Diffusion:
         if known is not None:
             x = torch.where(known_mask, known, x)                     # the known planes, exactly
         return x
+
+    def guided_eps(self, model, x, t, y, cfg_scale, known, known_mask, w):
+        """ε̂ after reconstruction guidance (see `sample`): one forward and one backward pass.
+        x, known `B×c×N×L×L` float32, known_mask bool of that shape, t `B` (one timestep)."""
+        ab = self._at(self.alphas_cumprod, t, x)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            eps = self.predict_eps(model, x, t, y, cfg_scale).float()
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            err = (x0 - known).pow(2).masked_fill(~known_mask, 0.0).sum()
+            grad, = torch.autograd.grad(err, x)
+        x, eps, x0 = x.detach(), eps.detach(), x0.detach()
+        x0 = x0 - torch.where(known_mask, 0.0, 0.5 * w * ab.sqrt() * grad)  # the known planes are replaced anyway
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()                 # the ε that this x̂0 implies at x
 
     def step(self, x, eps, t, t_prev, sampler, eta, randn):
         """One reverse step x_t → x_{t_prev} on the respaced grid (t_prev=None: the last step, to x0)."""

@@ -7,7 +7,8 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
   - `load_models`: MDSA + the STDiT's EMA weights + the latent scale, rebuilt from the configs the
     checkpoints carry;
   - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, or zero-shot A2V / V2A
-    by replacing the known planes at every step [ours, after MM-Diffusion]), undo the latent scale,
+    by replacing the known planes at every step and guiding the rest towards them [ours, after
+    MM-Diffusion]), undo the latent scale,
     unstack the six planes, decode them with MDSA (§3) and invert the mel frames to a waveform (§2).
 """
 import functools
@@ -124,11 +125,12 @@ VIDEO_PLANES = torch.tensor([True, True, True, False, False, False])  # v_hw, v_
 @torch.no_grad()
 def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wave=None, label=None,
              cfg_scale: float = 1.0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-             generator=None, progress: bool = False):
+             guidance: float = 0.0, generator=None, progress: bool = False):
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
+    `guidance` is the reconstruction-guidance weight of a2v / v2a (Diffusion.sample); joint ignores it.
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
     """
@@ -162,7 +164,7 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
     z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, eta=eta, y=y, cfg_scale=cfg_scale,
-                           known=known, known_mask=known_mask, noise=noise, progress=progress)
+                           known=known, known_mask=known_mask, guidance=guidance, noise=noise, progress=progress)
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
     wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)

@@ -31,6 +31,8 @@ class_label = None      # --class K: a class to sample (None: cycle through the 
 cfg_scale = 1.0         # --cfg S: classifier-free guidance scale (1 = no guidance)
 mode = "joint"          # "joint", "a2v" (given audio -> video) or "v2a" (given video -> audio)
 cond = ""               # the clip to condition on in a2v / v2a: any file the folder dataset reads
+guidance = 16.0         # a2v / v2a: reconstruction guidance weight (diffusion.Diffusion.sample); 0 = replacement
+                        # only, which leaves V2A at chance at tiny (its denoiser barely reads the video)
 seed = 0
 device = "auto"
 
@@ -64,8 +66,9 @@ def main(argv):
         k = min(a["batch_size"], a["n"] - start)
         with autocast(dev):
             video, wave = generate(models, k, mode=a["mode"], cond_video=cond_video, cond_wave=cond_wave,
-                                   label=a["class_label"], cfg_scale=a["cfg_scale"], sampler=a["sampler"],
-                                   steps=a["steps"], eta=a["eta"], generator=gen, progress=a["n"] <= a["batch_size"])
+                                   label=a["class_label"], cfg_scale=a["cfg_scale"], guidance=a["guidance"],
+                                   sampler=a["sampler"], steps=a["steps"], eta=a["eta"], generator=gen,
+                                   progress=a["n"] <= a["batch_size"])
         for i in range(k):
             write_mp4(os.path.join(out, f"{start + i:03d}.mp4"), video[i], wave[i], cfg)
             write_wav(os.path.join(out, f"{start + i:03d}.wav"), wave[i], cfg.sample_rate)
