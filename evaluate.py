@@ -378,8 +378,12 @@ class Evaluation:
         from data import frames_to_wave, log_spectral_distance
         if self.ae_ck is None:
             return not_run(self.ae_info["reason"])
+        from pipeline import load_weights
         ae = MDSA(self.cfg)
-        ae.load_state_dict(self.ae_ck["model"])
+        try:
+            load_weights(ae, self.ae_ck["model"], self.ae_info["file"], "python train.py --stage ae")
+        except SystemExit as e:                      # weights from older code: say so, run the rest
+            return not_run(str(e))
         ae, items, bs = ae.to(self.device).eval(), self.real(), self.a["batch_size"]
         sq_err, lsd, rec_pairs, proj_pairs = {"video": [], "audio": []}, {"rec": [], "proj": []}, [], []
         for start in range(0, len(items), bs):

@@ -84,6 +84,17 @@ def load_checkpoint(path: str, stage: str, hint: str) -> dict:
     return ckpt
 
 
+def load_weights(module: torch.nn.Module, state: dict, path: str, hint: str) -> None:
+    """module.load_state_dict(state), or a message naming the file when the weights are from another
+    version of the code (renamed, added or removed layers) rather than torch's list of keys."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise SystemExit(f"{path} does not fit this version's {type(module).__name__} ({first}); it was "
+                         f"probably written by older code: rerun `{hint}`") from None
+
+
 def config_mismatch(a: Config, b: Config, ignore=()) -> list:
     """The fields where two configs differ, as 'name: a vs b' strings."""
     da, db = a.to_dict(), b.to_dict()
@@ -110,10 +121,9 @@ def load_models(out_dir: str = "out", device="cpu") -> Models:
         raise SystemExit(f"{out_dir}/dit.pt was trained on another autoencoder than {out_dir}/ae.pt "
                          f"({'; '.join(diff) or 'AE step %d vs %d' % (dit_ck['ae_step'], ae_ck['step'])}): "
                          "rerun `python train.py --stage dit`")
-    ae = MDSA(ae_cfg)
-    ae.load_state_dict(ae_ck["model"])
-    dit = STDiT(cfg)
-    dit.load_state_dict(dit_ck["ema"])
+    ae, dit = MDSA(ae_cfg), STDiT(cfg)
+    load_weights(ae, ae_ck["model"], os.path.join(out_dir, "ae.pt"), "python train.py --stage ae")
+    load_weights(dit, dit_ck["ema"], os.path.join(out_dir, "dit.pt"), "python train.py --stage dit")
     return Models(cfg, ae.to(device).eval(), dit.to(device).eval(), Diffusion.from_config(cfg),
                   float(dit_ck["latent_scale"]))
 

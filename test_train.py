@@ -107,6 +107,14 @@ def test_wrong_checkpoints_are_refused_with_what_to_run(trained, tmp_path):
         train.main(["--stage", "dit", "--out_dir", str(bad)] + TOY)
     with pytest.raises(SystemExit, match=r"unknown setting --max_stepz"):
         train.main(["--stage", "ae", "--max_stepz", "3"])
+    # weights written by older code (here: a layer the MDSA head no longer has) name the file
+    old = tmp_path / "old"
+    old.mkdir()
+    ck = torch.load(os.path.join(trained, "ae.pt"), weights_only=True)
+    ck["model"]["video.head.99.weight"] = torch.zeros(3)
+    torch.save(ck, old / "ae.pt")
+    with pytest.raises(SystemExit, match=r"old/ae.pt does not fit this version's MDSA .*video.head.99.weight"):
+        train.main(["--stage", "dit", "--out_dir", str(old)] + TOY)
 
 
 def test_latent_cache_follows_the_autoencoder_not_the_denoiser(trained, tmp_path):

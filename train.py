@@ -34,7 +34,7 @@ from config import Config, get_config, parse_cli, settings_block
 from data import BounceClick, VideoFolder, frames_to_wave, save_grid, wave_to_frames, write_mp4
 from diffusion import Diffusion
 from model import STDiT, stack_planes
-from pipeline import DIT_FIELDS, Models, autocast, generate, load_checkpoint, save_checkpoint
+from pipeline import DIT_FIELDS, Models, autocast, generate, load_checkpoint, load_weights, save_checkpoint
 
 # ----------------------------------------------------------------------------- settings
 stage = "ae"           # "ae": train MDSA (§3); "dit": train the STDiT on its latents (§4)
@@ -242,7 +242,7 @@ class Run:
         opt = self.optimizer(model)
         step = 0
         if ckpt:
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt["model"], path, "python train.py --stage ae")
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
             self.restore_rng(ckpt)
@@ -314,7 +314,7 @@ class Run:
         cfg = (self.fitted_config(ckpt, path, free=()) if ckpt
                else self.fitted_config(ae_ck, os.path.join(self.out, "ae.pt"), free=DIT_FIELDS))
         ae = MDSA(ae_cfg).to(self.device).eval()
-        ae.load_state_dict(ae_ck["model"])
+        load_weights(ae, ae_ck["model"], os.path.join(self.out, "ae.pt"), "python train.py --stage ae")
         latents, labels = self.cached_latents(ae, cfg, os.path.join(self.out, "ae.pt"))
         # Unit-variance latents (§4): the noise schedule assumes signal of roughly unit scale.
         scale = float(ckpt["latent_scale"]) if ckpt else float(1.0 / latents.std())
@@ -325,8 +325,8 @@ class Run:
         opt = self.optimizer(model)
         step = 0
         if ckpt:
-            model.load_state_dict(ckpt["model"])
-            ema.load_state_dict(ckpt["ema"])
+            load_weights(model, ckpt["model"], path, "python train.py --stage dit")
+            load_weights(ema, ckpt["ema"], path, "python train.py --stage dit")
             opt.load_state_dict(ckpt["optimizer"])
             step = ckpt["step"]
             self.restore_rng(ckpt)
