@@ -223,7 +223,8 @@ SETTINGS = dict(          # each overridable as --name value (config.parse_cli, 
     eta=0.0,              # DDIM noise (0: deterministic)
     cfg_scale=1.0,        # classifier-free guidance scale (--cfg); 1 = none
     guidance=16.0,        # a2v / v2a: reconstruction guidance weight (Diffusion.sample); 0 = replacement
-                          # only. At tiny, V2A sync-F1 0.50 (w=0) → 0.81 (4) → 0.97 (16, also 32, 64)
+                          # only. At tiny, V2A sync-F1 0.50 (w=0) → 0.86 (16); 4 gives less, 32 and 64
+                          # the same as 16 (README)
     batch_size=16,        # clips per sampling / autoencoder / feature batch
     seed=0,               # sampling noise
     preset="tiny",        # the config when there is no ae.pt to read it from (--samples alone)
@@ -423,7 +424,8 @@ class Evaluation:
         pairs, items, bs = [], self.real(), self.a["batch_size"]
         for i in range(0, len(items), bs):  # each clip of a batch conditioned on its own held-out clip
             chunk = items[i:i + bs]
-            video, wave = self.sample(len(chunk), mode=mode, guidance=self.a["guidance"], cond_video=torch.stack([it["video"] for it in chunk]),
+            video, wave = self.sample(len(chunk), mode=mode, guidance=self.a["guidance"],
+                                      cond_video=torch.stack([it["video"] for it in chunk]),
                                       cond_wave=torch.stack([it["wave"] for it in chunk]),
                                       label=(torch.stack([it["label"] for it in chunk])
                                              if self.models().cfg.num_classes else None))

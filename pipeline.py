@@ -8,8 +8,8 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
     checkpoints carry;
   - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, or zero-shot A2V / V2A
     by replacing the known planes at every step and guiding the rest towards them [ours, after
-    MM-Diffusion]), undo the latent scale,
-    unstack the six planes, decode them with MDSA (§3) and invert the mel frames to a waveform (§2).
+    MM-Diffusion]), undo the latent scale, unstack the six planes, decode them with MDSA (§3) and
+    invert the mel frames to a waveform (§2).
 """
 import functools
 import os
