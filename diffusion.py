@@ -1,16 +1,23 @@
 """
 Diffusion over the stacked latent: PAPER.md §5.
 
-  schedules      linear β 1e-4 → 0.02 (DDPM) and cosine (Nichol & Dhariwal), 1000 steps   [paper; ours]
-  q_sample       x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε                                              [DDPM]
-  loss           uniform t, MSE on ε (DDPM) or on v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho)  [DDPM; ours]
-  sample         DDPM ancestral (respaced) and DDIM (η), classifier-free guidance,
-                 known-plane replacement for zero-shot A2V / V2A                [ours, MM-Diffusion]
-                 plus reconstruction guidance on the free planes                 [ours, Ho et al. 2022]
+  schedules      linear β 1e-4 → 0.02 (DDPM) and cosine (Nichol & Dhariwal)          [paper; ours]
+                 DDPM with 1000 steps                                                        [ours]
+  q_sample       x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, one level per clip or per modality            [DDPM]
+  loss           MSE on ε (DDPM) or on v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho)              [DDPM; ours]
+                 over a mixture of noise-level pairs (t_v, t_a): equal, independent, or one
+                 modality clean                      [ours, after UniDiffuser and AVDiT's mixture]
+  sample         DDPM ancestral and DDIM (η) on a respaced grid, DPM-Solver++(2M)
+                 (Lu et al. 2022), classifier-free guidance                                  [ours]
+                 A2V / V2A: "replace" re-noises the known planes at every step     [ours, MM-Diffusion]
+                 and may add reconstruction guidance on the free planes          [ours, Ho et al. 2022];
+                 "native" gives the known modality clean at t = 0 and may add cross-modal guidance
+                 against the known modality at pure noise                      [ours, after UniDiffuser]
 
-The model is any callable `model(x_t, t, y) → ε̂` (or v̂) with the shape of x_t (model.STDiT); it
-is always called with ORIGINAL timestep indices 0..T−1, also when sampling on a respaced grid, so one
-trained network serves every sampler and step count. Samplers only see ε̂: a v̂ is converted by
+The model is any callable `model(x_t, t, y) → ε̂` (or v̂) with the shape of x_t (model.STDiT), where
+t is `B` (one level for every plane) or `B×2` (t_v for the video planes, t_a for the audio planes).
+It is always called with ORIGINAL timestep indices 0..num_timesteps−1, also on a respaced grid, so
+one trained network serves every sampler and step count. Samplers only see ε̂: a v̂ is converted by
 `predict_eps`, so both parameterisations share every sampling line.
 
 Conventions: the schedule tables are float64 (ᾱ near 1e-5 at t≈999 needs the digits), and their
@@ -23,23 +30,27 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from model import VIDEO_PLANES
+
+SAMPLERS = ("ddim", "ddpm", "dpm++")
+
 # ----------------------------------------------------------------------------------------------
-# Noise schedules
+# Noise schedules and sampling grids
 # ----------------------------------------------------------------------------------------------
 
 
 def make_betas(schedule, steps):
-    """β_1..β_T as a float64 tensor of length `steps`."""
+    """β_1..β_num_timesteps as a float64 tensor of length `steps` (= num_timesteps)."""
     if schedule == "linear":
-        # DDPM's 1e-4 → 0.02 at T=1000; scaled by 1000/T so other T keep the same end-point ᾱ_T.
+        # DDPM's 1e-4 → 0.02 at 1000 steps; scaled by 1000/steps so other counts keep the end-point ᾱ.
         scale = 1000.0 / steps
         return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
     if schedule == "cosine":
-        # ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2); β clipped at 0.999 so the last
-        # step (where ᾱ → 0) does not divide by zero.
+        # ᾱ(u) = f(u)/f(0), f(u) = cos²((u + s)/(1 + s)·π/2) with u = t/num_timesteps; β clipped at
+        # 0.999 so the last step (where ᾱ → 0) does not divide by zero.
         s = 0.008
-        t = torch.arange(steps + 1, dtype=torch.float64) / steps
-        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        u = torch.arange(steps + 1, dtype=torch.float64) / steps
+        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
         alphas_cumprod = f / f[0]
         return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=0.999)
     raise ValueError(f"diffusion: unknown schedule {schedule!r}; choose 'linear' or 'cosine'")
@@ -55,27 +66,61 @@ def respaced_timesteps(num_steps, total):
     return torch.linspace(0, total - 1, num_steps, dtype=torch.float64).round().long()
 
 
+def logsnr_timesteps(num_steps, alphas_cumprod):
+    """`num_steps` timesteps, ascending, both ends included, whose log-SNR λ = log(√ᾱ/√(1−ᾱ)) is as
+    evenly spread as integer timesteps allow: the grid of DPM-Solver (Lu et al. 2022), which
+    puts more steps at low noise than a grid uniform in t."""
+    total = len(alphas_cumprod)
+    if not 1 <= num_steps <= total:
+        raise ValueError(f"diffusion: sampling steps must be in 1..{total}, got {num_steps}")
+    if num_steps == 1:
+        return torch.tensor([total - 1])
+    lam = 0.5 * (alphas_cumprod.log() - (1 - alphas_cumprod).log())  # decreasing in t
+    targets = torch.linspace(lam[0].item(), lam[-1].item(), num_steps, dtype=torch.float64)
+    ts = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()  # nearest integer t, ascending
+    # where λ is steep (near t = 0) two targets can round to one t: push them apart, keeping both ends
+    ts[0], ts[-1] = 0, total - 1
+    for i in range(1, num_steps - 1):                                 # upwards, then down from the top end
+        ts[i] = max(ts[i], ts[i - 1] + 1)
+    for i in range(num_steps - 2, 0, -1):
+        ts[i] = min(ts[i], ts[i + 1] - 1)
+    return torch.tensor(ts)
+
+
 # ----------------------------------------------------------------------------------------------
 # The diffusion process
 # ----------------------------------------------------------------------------------------------
 
 
 class Diffusion:
-    """A fixed forward process and its samplers. Holds tables only, no weights."""
+    """A fixed forward process, its training loss and its samplers. Holds tables only, no weights.
 
-    def __init__(self, steps=1000, schedule="linear", prediction="eps"):
+    Diffusion(steps=1000, schedule="linear", prediction="eps", mix=(1, 0, 0))
+      steps       num_timesteps, the training timesteps 0..num_timesteps−1
+      prediction  what the model outputs: "eps" or "v"
+      mix         weights (equal, independent, clean) of the noise-level pairs `loss` draws, made to
+                  sum to 1; (1, 0, 0) is one level per clip, drawn exactly as plain DDPM does.
+    """
+
+    def __init__(self, steps=1000, schedule="linear", prediction="eps", mix=(1.0, 0.0, 0.0)):
         if prediction not in ("eps", "v"):
             raise ValueError(f"diffusion: unknown prediction {prediction!r}; choose 'eps' or 'v'")
+        mix = tuple(float(w) for w in mix)
+        if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+            raise ValueError(f"diffusion: mix must be three non-negative weights (equal, independent, clean) "
+                             f"with a positive sum, got {mix}")
         self.num_timesteps = steps
         self.schedule, self.prediction = schedule, prediction
-        self.betas = make_betas(schedule, steps)                     # T, float64
-        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)   # ᾱ_t, T, float64
+        self.mix = tuple(w / sum(mix) for w in mix)
+        self.betas = make_betas(schedule, steps)                     # num_timesteps, float64
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)   # ᾱ_t, num_timesteps, float64
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1 - self.alphas_cumprod).sqrt()
 
     @classmethod
     def from_config(cls, cfg):
-        return cls(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction)
+        mix = (getattr(cfg, "mix_equal", 0.5), getattr(cfg, "mix_independent", 0.25), getattr(cfg, "mix_clean", 0.25))
+        return cls(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix)
 
     @staticmethod
     def _at(table, t, x):
@@ -83,109 +128,279 @@ class Diffusion:
         values = table.to(t.device)[t].to(x.dtype)
         return values.reshape(-1, *([1] * (x.dim() - 1)))
 
+    @staticmethod
+    def _per_plane(values, x):
+        """Per-modality `B×2` values (video, audio) → `B×1×P×1×…` over x's plane axis (dim 2)."""
+        if x.dim() < 3 or x.shape[2] != len(VIDEO_PLANES):
+            raise ValueError(f"diffusion: a per-modality t needs the {len(VIDEO_PLANES)}-plane latent "
+                             f"B×c×{len(VIDEO_PLANES)}×L×L, got {tuple(x.shape)}")
+        video = VIDEO_PLANES.to(values.device)[None, :]
+        planes = torch.where(video, values[:, :1], values[:, 1:])     # B×P
+        return planes.reshape(planes.shape[0], 1, planes.shape[1], *([1] * (x.dim() - 3)))
+
+    def _coef(self, table, t, x):
+        """table[t] shaped to broadcast over x: `B×1×…×1` for t `B`, `B×1×P×1×…` for t `B×2`."""
+        if t.dim() == 1:
+            return self._at(table, t, x)
+        return self._per_plane(table.to(t.device)[t].to(x.dtype), x)
+
+    def _coefs(self, t, x):
+        """(√ᾱ_t, √(1−ᾱ_t)), each shaped as `_coef` shapes it."""
+        return self._coef(self.sqrt_alphas_cumprod, t, x), self._coef(self.sqrt_one_minus_alphas_cumprod, t, x)
+
     # ---- forward process and training ----
 
     def q_sample(self, x0, t, noise):
-        """x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε: the signal shrinks by √ᾱ_t while noise fills the variance
-        back to 1, so a unit-variance x0 gives a unit-variance x_t at every t."""
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        """x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, with t `B` or per modality `B×2`: the signal shrinks by √ᾱ_t
+        while noise fills the variance back to 1, so a unit-variance x0 gives a unit-variance x_t."""
+        signal, spread = self._coefs(t, x0)
+        return signal * x0 + spread * noise
 
-    def loss(self, model, x0, y=None, *, t=None, noise=None):
-        """MSE of the model's ε̂ (or v̂) at t ~ U{0..T−1}: a scalar. `t` and `noise` may be fixed (tests).
+    def draw_levels(self, batch, device):
+        """Per-clip noise-level pairs from the mixture: (t `B×2` long, clean `B×2` bool).
+
+        equal        t_v = t_a ~ U{0..num_timesteps−1}: the joint generation sampling starts from
+        independent  t_v, t_a independently uniform: each modality learns to read the other at any level
+        clean        one modality (each with probability ½) clean, its t = 0; the other uniform:
+                     A2V and V2A as `sample(conditioning="native")` runs them
+        """
+        kind = torch.rand(batch, device=device)
+        t = torch.randint(0, self.num_timesteps, (batch, 2), device=device)
+        video_clean = torch.rand(batch, device=device) < 0.5
+        equal = kind < self.mix[0]
+        one_clean = kind >= self.mix[0] + self.mix[1]
+        t[:, 1] = torch.where(equal, t[:, 0], t[:, 1])
+        clean = torch.stack([one_clean & video_clean, one_clean & ~video_clean], dim=1)
+        return t.masked_fill(clean, 0), clean
+
+    def loss(self, model, x0, y=None, *, t=None, noise=None, clean=None):
+        """MSE of the model's ε̂ (or v̂) over the noised planes: a scalar.
+
+        x0 `B×c×P×L×L`. Without `t`, the levels come from the mixture `self.mix` (`draw_levels`); with
+        mix (1, 0, 0) that is t ~ U{0..num_timesteps−1} per clip, drawn as plain DDPM draws it. `t`
+        (`B` or `B×2`), `noise` and `clean` (`B×2` bool: that modality given as x0 itself at t = 0)
+        may be fixed (tests). A clean modality's planes are left out of the mean: there is nothing
+        to denoise in them.
 
         In terms of the x0 error, ε-MSE weighs step t by SNR_t = ᾱ/(1−ᾱ) and v-MSE by 1 + SNR_t: at
         the noisy steps, where a clip's layout (when the disc hits a wall, when the click sounds) is
         decided, v gives 10-1000× the weight ε does."""
         if t is None:
-            t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+            if self.mix[1] == 0 and self.mix[2] == 0:                 # equal levels only: one t per clip
+                t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
+            else:
+                t, clean = self.draw_levels(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
-        out = model(self.q_sample(x0, t, noise), t, y)
+        if t.dim() == 1 and clean is None:                            # one level for all planes
+            x_t, clean_planes = self.q_sample(x0, t, noise), None
+        else:
+            if t.dim() == 1:
+                t = torch.stack([t, t], dim=1)
+            if clean is None:
+                clean = torch.zeros_like(t, dtype=torch.bool)
+            t = t.masked_fill(clean, 0)                               # a clean modality is announced as t = 0
+            clean_planes = self._per_plane(clean, x0)                 # B×1×P×1×1 bool
+            x_t = torch.where(clean_planes, x0, self.q_sample(x0, t, noise))  # clean planes are x0 itself
+        out = model(x_t, t, y)
         if self.prediction == "v":
-            target = self._at(self.sqrt_alphas_cumprod, t, x0) * noise - self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+            signal, spread = self._coefs(t, x0)
+            target = signal * noise - spread * x0                     # v = √ᾱ·ε − √(1−ᾱ)·x0
         else:
             target = noise
-        return F.mse_loss(out.float(), target.float())              # in float32 under bf16 autocast
+        if clean_planes is None:
+            return F.mse_loss(out.float(), target.float())          # in float32 under bf16 autocast
+        weight = (~clean_planes).float()
+        err = (out.float() - target.float()).pow(2) * weight
+        return err.sum() / weight.expand_as(err).sum().clamp(min=1.0)  # the mean over noised elements
 
     # ---- sampling ----
 
     def predict_eps(self, model, x, t, y=None, cfg_scale=1.0):
         """ε̂ with classifier-free guidance: out_u + s·(out_c − out_u), both from one batched forward.
         Without labels, or at s = 1 (where the formula is just out_c), a single plain forward. A v̂ is
-        turned into ε̂ = √(1−ᾱ)·x_t + √ᾱ·v̂ (the guidance combination is linear, so either order)."""
+        turned into ε̂ = √(1−ᾱ)·x_t + √ᾱ·v̂ (the guidance combination is linear, so either order).
+        t is `B`, or `B×2` per modality."""
         if y is None or cfg_scale == 1.0:
             out = model(x, t, y)
         else:
             null = torch.full_like(y, model.null_label)
             out_cond, out_uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
             out = out_uncond + cfg_scale * (out_cond - out_uncond)
+        return self.as_eps(out, x, t)
+
+    def as_eps(self, out, x, t):
+        """The model's output as ε̂: unchanged for ε-prediction, √(1−ᾱ)·x_t + √ᾱ·v̂ for v."""
         if self.prediction == "v":
-            out = self._at(self.sqrt_one_minus_alphas_cumprod, t, x) * x + self._at(self.sqrt_alphas_cumprod, t, x) * out
+            signal, spread = self._coefs(t, x)
+            out = spread * x + signal * out
         return out
+
+    def sampling_timesteps(self, steps, grid="time"):
+        """The ascending sampling grid: `steps` timesteps uniform in t ("time") or in log-SNR ("logsnr")."""
+        if grid == "time":
+            return respaced_timesteps(steps, self.num_timesteps)
+        if grid == "logsnr":
+            return logsnr_timesteps(steps, self.alphas_cumprod)
+        raise ValueError(f"diffusion: unknown grid {grid!r}; choose 'time' or 'logsnr'")
 
     @torch.no_grad()
     def sample(self, model, shape, *, sampler="ddim", steps=50, eta=0.0, y=None, cfg_scale=1.0,
-               known=None, known_mask=None, guidance=0.0, noise=None, generator=None, progress=False):
-        """Draw x0 of `shape` (B×c×N×L×L) from noise; returns float32.
+               known=None, known_mask=None, conditioning="replace", guidance=0.0, xmodal_cfg=1.0,
+               grid="time", noise=None, generator=None, progress=False):
+        """Draw x0 of `shape` (B×c×P×L×L) from noise; returns float32.
 
-        sampler   "ddim" (η = eta; 0 is deterministic given the start noise) or "ddpm" (ancestral,
-                  posterior variance β̃, the same as DDIM at η = 1 on the same grid).
-        steps     respaced to this many timesteps, evenly spread over 0..T−1.
+        sampler   "ddim" (η = eta; 0 is deterministic given the start noise), "ddpm" (ancestral,
+                  posterior variance β̃, the same as DDIM at η = 1 on the same grid) or "dpm++"
+                  (DPM-Solver++(2M), deterministic, eta must be 0).
+        steps     denoiser evaluations: this many timesteps of 0..num_timesteps−1, spread by `grid`
+                  ("time": evenly in t; "logsnr": evenly in log-SNR).
         y, cfg_scale  class labels `B` and the guidance scale s.
-        known, known_mask  zero-shot A2V / V2A: `known` a clean latent of `shape`; `known_mask` a
-                  bool over the N frame axis (length N) or broadcastable to `shape`. Masked frames
-                  are replaced by q_sample(known, t) before every model call, so the model denoises
-                  the rest in agreement with them; at the end they are exactly `known`.
-        guidance  reconstruction guidance weight w (with `known`; 0 = replacement alone) [Ho et al.
+        known, known_mask  A2V / V2A: `known` a clean latent of `shape`; `known_mask` a bool over the
+                  P plane axis (length P) or broadcastable to `shape`. At the end the masked planes are
+                  exactly `known`. How the model is told about them, `conditioning`:
+          "replace"  masked planes are replaced by q_sample(known, t) before every model call (one t
+                  for all planes), so the model denoises the rest in agreement with them.
+          "native"   the known modality's planes are `known` itself at every step and the model is
+                  called with that modality's t = 0 and the free one's at the current t (`B×2` t): the
+                  conditional model a noise level per modality trains. `known_mask` must select all
+                  video planes or all audio planes.
+        guidance  reconstruction guidance weight w ("replace" only; 0 = replacement alone) [Ho et al.
                   2022, as MM-Diffusion's zero-shot transfer]: the free planes' x̂0 moves by
                   −(w·√ᾱ/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of the
                   known planes agree with them. Replacement alone only informs the free planes through
                   the model's attention to the known ones, which a joint model may barely use; the
                   gradient also reaches them through the known planes' dependence on the free ones.
-        noise     the starting x_T (else drawn from `generator`).
+        xmodal_cfg  cross-modal guidance scale s ("native" only): ε̂ = ε̂_u + s·(ε̂_c − ε̂_u), ε̂_u the
+                  prediction with the known planes at pure noise (t = num_timesteps−1); s = 1 is one
+                  plain forward. With class guidance too, one forward of three copies gives
+                  ε̂ = ε̂(∅k, y) + s·(ε̂(k, y) − ε̂(∅k, y)) + (cfg_scale − 1)·(ε̂(k, y) − ε̂(k, ∅)).
+        noise     the starting x at t = num_timesteps−1 (else drawn from `generator`).
+        generator every random draw (start noise, per-step noise, re-noised and pure-noise known
+                  planes) comes from it, so one seed fixes the sample; it may live on another device.
         """
-        if sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"diffusion: unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"diffusion: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if sampler == "dpm++" and eta != 0:
+            raise ValueError(f"diffusion: sampler 'dpm++' is deterministic; eta={eta} needs 'ddim' or 'ddpm'")
+        if conditioning not in ("replace", "native"):
+            raise ValueError(f"diffusion: unknown conditioning {conditioning!r}; choose 'replace' or 'native'")
         if (known is None) != (known_mask is None):
             raise ValueError("diffusion: pass `known` and `known_mask` together")
-        device = noise.device if noise is not None else next(model.parameters()).device
+        native = known is not None and conditioning == "native"
+        if native and guidance > 0:
+            raise ValueError(f"diffusion: guidance={guidance} (reconstruction guidance) needs conditioning='replace'; "
+                             "native conditioning gives the known planes clean, with nothing to reconstruct")
+        if xmodal_cfg != 1.0 and not native:
+            raise ValueError(f"diffusion: xmodal_cfg={xmodal_cfg} needs `known` planes and conditioning='native'")
+        if noise is not None:
+            device = noise.device
+        else:
+            device = next((p.device for p in model.parameters()), torch.device("cpu")) \
+                if isinstance(model, torch.nn.Module) else torch.device("cpu")
+        draw_device = generator.device if generator is not None else device
 
         def randn():
-            return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+            return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
 
         x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn()
         if tuple(x.shape) != tuple(shape):
             raise ValueError(f"diffusion: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
+        known_video = None
         if known is not None:
             known = known.to(device=device, dtype=torch.float32)
             known_mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device)
             if known_mask.dim() == 1 and known_mask.shape[0] == shape[2]:
-                known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the N axis
+                known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the P axis
             known_mask = known_mask.expand(shape)
+            if native:
+                known_video = self._known_modality(known_mask)
+                x = torch.where(known_mask, known, x)
 
-        timesteps = respaced_timesteps(steps, self.num_timesteps).tolist()
-        was_training = model.training
-        model.eval()                                                  # no label dropout while sampling
+        timesteps = self.sampling_timesteps(steps, grid).tolist()
+        was_training = getattr(model, "training", False)
+        if isinstance(model, torch.nn.Module):
+            model.eval()                                              # no label dropout while sampling
+        history = None                                                # dpm++: the previous x̂0 and step in λ
         try:
             for i in tqdm(range(len(timesteps) - 1, -1, -1), disable=not progress, desc=sampler):
                 t_batch = torch.full((shape[0],), timesteps[i], device=device, dtype=torch.long)
-                if known is not None:                                 # fresh noise: x_t of the known latent
+                if known is not None and not native:                  # fresh noise: x_t of the known latent
                     x = torch.where(known_mask, self.q_sample(known, t_batch, randn()), x)
-                if known is not None and guidance > 0:
+                if native:
+                    eps = self.native_eps(model, x, t_batch, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn)
+                elif known is not None and guidance > 0:
                     eps = self.guided_eps(model, x, t_batch, y, cfg_scale, known, known_mask, guidance)
                 else:
                     eps = self.predict_eps(model, x, t_batch, y, cfg_scale).float()
                 t_prev = timesteps[i - 1] if i > 0 else None
-                x = self.step(x, eps, timesteps[i], t_prev, sampler, eta, randn)
+                if sampler == "dpm++":
+                    x, history = self.dpm_step(x, eps, timesteps[i], t_prev, history)
+                else:
+                    x = self.step(x, eps, timesteps[i], t_prev, sampler, eta, randn)
+                if native:                                            # the known planes stay clean
+                    x = torch.where(known_mask, known, x)
         finally:
-            model.train(was_training)
+            if isinstance(model, torch.nn.Module):
+                model.train(was_training)
         if known is not None:
             x = torch.where(known_mask, known, x)                     # the known planes, exactly
         return x
 
+    @staticmethod
+    def _known_modality(known_mask):
+        """True if `known_mask` (`B×c×P×L×L` bool) selects exactly the video planes, False if exactly
+        the audio planes; anything else is refused (native conditioning sets one t per modality)."""
+        planes = known_mask.movedim(2, 0).reshape(known_mask.shape[2], -1)
+        whole = planes.all(dim=1)
+        if known_mask.shape[2] != len(VIDEO_PLANES) or not torch.equal(whole, planes.any(dim=1)):
+            raise ValueError("diffusion: conditioning='native' needs `known_mask` to select whole planes of the "
+                             f"{len(VIDEO_PLANES)}-plane latent, got shape {tuple(known_mask.shape)} "
+                             "with partial planes")
+        video = VIDEO_PLANES.to(whole.device)
+        if torch.equal(whole, video):
+            return True
+        if torch.equal(whole, ~video):
+            return False
+        raise ValueError(f"diffusion: conditioning='native' needs `known_mask` to be all video planes "
+                         f"{video.tolist()} or all audio planes, got {whole.tolist()}")
+
+    def native_eps(self, model, x, t, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn):
+        """ε̂ of the free planes with the known modality clean (see `sample`, conditioning "native").
+
+        x `B×c×P×L×L` float32 with the known planes = the clean known latent, t `B` (the free planes'
+        level). The conditional copy sees t = 0 on the known modality; the cross-modal copy sees fresh
+        noise there at t = num_timesteps−1; the class copy the null label. All copies go through one
+        batched forward; with no guidance, one plain forward. The known planes' ε̂ is not meaningful."""
+        zero, pure = torch.zeros_like(t), torch.full_like(t, self.num_timesteps - 1)
+        pair = (lambda given: torch.stack([given, t] if known_video else [t, given], dim=1))  # → B×2
+        t_cond = pair(zero)
+        xs, ts, labels = [x], [t_cond], [y]
+        use_xmodal = xmodal_cfg != 1.0
+        use_class = y is not None and cfg_scale != 1.0
+        if use_xmodal:                                                # the known modality at pure noise
+            xs.append(torch.where(known_mask, randn(), x))
+            ts.append(pair(pure))
+            labels.append(y)
+        if use_class:                                                 # the null label, the known planes kept
+            xs.append(x)
+            ts.append(t_cond)
+            labels.append(torch.full_like(y, model.null_label))
+        if len(xs) == 1:
+            return self.as_eps(model(x, t_cond, y), x, t_cond).float()
+        outs = model(torch.cat(xs), torch.cat(ts), None if y is None else torch.cat(labels)).chunk(len(xs))
+        eps = [self.as_eps(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
+        if use_xmodal:
+            out = eps[1] + xmodal_cfg * (eps[0] - eps[1])
+            if use_class:
+                out = out + (cfg_scale - 1.0) * (eps[0] - eps[2])
+        else:
+            out = eps[1] + cfg_scale * (eps[0] - eps[1])              # class guidance alone, as predict_eps
+        return out
+
     def guided_eps(self, model, x, t, y, cfg_scale, known, known_mask, w):
         """ε̂ after reconstruction guidance (see `sample`): one forward and one backward pass.
-        x, known `B×c×N×L×L` float32, known_mask bool of that shape, t `B` (one timestep)."""
+        x, known `B×c×P×L×L` float32, known_mask bool of that shape, t `B` (one timestep)."""
         ab = self._at(self.alphas_cumprod, t, x)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
@@ -217,3 +432,32 @@ class Diffusion:
         if sigma > 0:                                                 # no noise on the last step (σ = 0)
             x = x + sigma * randn()
         return x
+
+    def dpm_step(self, x, eps, t, t_prev, history):
+        """One DPM-Solver++(2M) step x_t → x_{t_prev} (Lu et al. 2022, multistep, data prediction):
+        returns (x_{t_prev}, history for the next step).
+
+        With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h = λ_prev − λ_t and x̂0 = (x − σ_t·ε̂)/α_t:
+          x_prev = (σ_prev/σ_t)·x_t − α_prev·(e^(−h) − 1)·D
+        D = x̂0 on the first step (no history: DDIM's update) and
+        D = (1 + 1/(2r))·x̂0 − 1/(2r)·x̂0_before, r = h_before/h, afterwards: the second-order
+        multistep correction. The last steps are first order, as the reference recipe ends: the one
+        into t = 0 and the one from there to clean (t_prev=None, σ = 0, λ = ∞), which is x_0 = x̂0."""
+        ab_t = self.alphas_cumprod[t].item()
+        alpha_t, sigma_t = math.sqrt(ab_t), math.sqrt(1 - ab_t)
+        x0 = (x - sigma_t * eps) / alpha_t                           # invert q_sample; not clipped
+        if t_prev is None:
+            return x0, None
+        ab_prev = self.alphas_cumprod[t_prev].item()
+        alpha_prev, sigma_prev = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
+        h = math.log(alpha_prev / sigma_prev) - math.log(alpha_t / sigma_t)
+        d = x0
+        # first order into t = 0 as well: that step is the last real one (σ_0 ≈ 0.01), and on a grid
+        # uniform in t its λ-step is several times the one before, where the 2M extrapolation
+        # (weight 1/(2r) on the older x̂0) overshoots
+        if history is not None and t_prev > 0:
+            x0_before, h_before = history
+            r = h_before / h
+            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_before
+        x = (sigma_prev / sigma_t) * x - alpha_prev * math.expm1(-h) * d
+        return x, (x0, h)

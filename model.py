@@ -2,12 +2,13 @@
 The 3D latent and the STDiT denoiser: PAPER.md §4.
 
 MDSA (autoencoder.py) turns a clip into six 2D latent planes, three per modality, all `c×L×L`.
-This file stacks them into one "video-like" latent `B×c×6×L×L` and defines the transformer that
-predicts the noise in it. It does not import the autoencoder: it only needs the plane size L and the
-channel count c, both read from the `Config`.
+This file stacks them into one "video-like" latent `B×c×P×L×L` (P = 6 planes) and defines the
+transformer that predicts the noise in it. It does not import the autoencoder: it only needs the
+plane side L and the channel count c, both read from the `Config`.
 
   stack_planes / unstack_planes   the unified 3D latent                                    [paper]
-  latent_shape                    per-sample (c, N, L, L), projected or full               [ours]
+  VIDEO_PLANES                    which of the P planes are video (the rest are audio)
+  latent_shape                    per-sample (c, P, L, L), projected or full               [ours]
   STDiT                           spatio-temporal DiT over the six planes        [paper; block ours]
     PatchEmbed                    (1, p, p) patches, one token per patch of a plane         [ours]
     sincos_2d + frame_embed       fixed 2D positions + a learned embedding per plane         [ours]
@@ -17,12 +18,14 @@ channel count c, both read from the `Config`.
                                   ("temporal" across the planes at each position, or
                                   over whole rows of all six: cfg.cross_plane)              [ours]
     FinalLayer                    adaLN, linear, then unpatchify                        [ours, DiT]
+    one noise level per modality  t_v drives the video planes' adaLN, t_a the audio planes'
+                                  [ours, after UniDiffuser and AVDiT]
   unprojected_stdit               the same STDiT over the full 2·T'-frame latent,
                                   the baseline of the efficiency claim (§6)                 [ours]
 
-Token layout inside the network: `B×N×S×D`, N latent frames (6 planes), S = (L/p)² tokens per
-frame, D = cfg.dit_width. Spatial attention folds N into the batch; temporal attention folds S
-(or, by rows, the row index) into the batch; there are no Python loops over frames, so the forward
+Token layout inside the network: `B×P×Q×D`, P latent frames (the 6 planes), Q = (L/p)² tokens per
+plane, D = cfg.dit_width. Spatial attention folds P into the batch; temporal attention folds Q
+(or, by rows, the row index) into the batch; there are no Python loops over planes, so the forward
 compiles into one graph.
 """
 import math
@@ -37,10 +40,12 @@ from attention import sdpa
 # ----------------------------------------------------------------------------------------------
 
 PLANE_NAMES = ("v_hw", "v_th", "v_tw", "a_hw", "a_th", "a_tw")
+# True for the three video planes, False for the three audio planes: `P` bool, in PLANE_NAMES order.
+VIDEO_PLANES = torch.tensor([name.startswith("v_") for name in PLANE_NAMES])
 
 
 def stack_planes(planes):
-    """Six `B×c×L×L` planes, in PLANE_NAMES order, → the unified latent `B×c×6×L×L`.
+    """Six `B×c×L×L` planes, in PLANE_NAMES order, → the unified latent `B×c×P×L×L` (P = 6).
 
     Time is the ROW axis of every temporal plane (v_th, v_tw, a_th, a_tw), so row r of those four
     frames is the same instant of the clip, video and audio alike: the temporal attention of
@@ -56,18 +61,18 @@ def stack_planes(planes):
 
 
 def unstack_planes(z):
-    """The exact inverse of stack_planes: `B×c×6×L×L` → tuple of six `B×c×L×L` planes."""
+    """The exact inverse of stack_planes: `B×c×P×L×L` (P = 6) → tuple of six `B×c×L×L` planes."""
     if z.dim() != 5 or z.shape[2] != len(PLANE_NAMES):
         raise ValueError(f"unstack_planes: expected B×c×{len(PLANE_NAMES)}×L×L, got {tuple(z.shape)}")
     return tuple(z.unbind(dim=2))
 
 
 def latent_shape(cfg, projected=True):
-    """Per-sample latent shape (c, N, L, L) the denoiser works on.
+    """Per-sample latent shape (c, P, L, L) the denoiser works on.
 
-    projected=True:  the six planes, N = 6                     → 6·(L/p)² tokens per clip.
+    projected=True:  the six planes, P = 6                     → 6·(L/p)² tokens per clip.
     projected=False: the full latent grids of both modalities,
-                     N = 2·T' frames of L×L (T' = L)            → 2·T'·(L/p)² tokens per clip.
+                     P = 2·T' frames of L×L (T' = L)            → 2·T'·(L/p)² tokens per clip.
     """
     frames = len(PLANE_NAMES) if projected else 2 * cfg.latent_frames
     return (cfg.latent_channels, frames, cfg.latent_size, cfg.latent_size)
@@ -98,15 +103,15 @@ def sincos_2d(grid, dim):
 
 
 class PatchEmbed(nn.Module):
-    """`B×c×N×L×L` → `B×N×S×D` tokens with a (1, p, p) Conv3d: each plane is patched on its own."""
+    """`B×c×P×L×L` → `B×P×Q×D` tokens with a (1, p, p) Conv3d: each plane is patched on its own."""
 
     def __init__(self, in_channels, width, patch):
         super().__init__()
         self.proj = nn.Conv3d(in_channels, width, kernel_size=(1, patch, patch), stride=(1, patch, patch))
 
     def forward(self, x):
-        x = self.proj(x)                                              # B×D×N×(L/p)×(L/p)
-        return x.flatten(3).permute(0, 2, 3, 1)                       # B×N×S×D
+        x = self.proj(x)                                              # B×D×P×(L/p)×(L/p)
+        return x.flatten(3).permute(0, 2, 3, 1)                       # B×P×Q×D
 
 
 class TimestepEmbedder(nn.Module):
@@ -156,8 +161,26 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def plane_modulation(layer, cond, video_planes=None):
+    """The adaLN parameters of every plane: `layer` applied to the conditioning, shaped to broadcast
+    over `B×P×Q×D` tokens.
+
+    cond `B×D` (one noise level for all planes)          → `B×1×1×(k·D)`
+    cond a pair (cond_v, cond_a), each `B×D`, with
+         video_planes a `P` bool                         → `B×P×1×(k·D)`: video planes take
+                                                            layer(cond_v), audio planes layer(cond_a)
+    Each group's modulation is the same Linear on the same `B×D` shape as the one-level case, so
+    equal levels give bit-for-bit the one-level numbers; the pick per plane is a `where`, not a loop.
+    """
+    if isinstance(cond, tuple):
+        video, audio = layer(cond[0]), layer(cond[1])                 # B×(k·D) each
+        return torch.where(video_planes[None, :, None, None], video[:, None, None], audio[:, None, None])
+    return layer(cond)[:, None, None, :]
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over `M×S×D` sequences (M = whatever was folded into the batch)."""
+    """Multi-head self-attention over `B*×n×D` sequences (B* = the batch with planes or positions
+    folded into it, n tokens per sequence)."""
 
     def __init__(self, width, heads):
         super().__init__()
@@ -166,19 +189,20 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x):
-        m, s, d = x.shape
-        q, k, v = self.qkv(x).reshape(m, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = sdpa(q, k, v)                                            # M×heads×S×(D/heads)
-        return self.out(x.transpose(1, 2).reshape(m, s, d))
+        seqs, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(seqs, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = sdpa(q, k, v)                                            # B*×heads×n×(D/heads)
+        return self.out(x.transpose(1, 2).reshape(seqs, n, d))
 
 
 class STDiTBlock(nn.Module):
-    """One block on `B×N×S×D` tokens (S = g·g patches of a plane, row-major), conditioned on `c: B×D`.
+    """One block on `B×P×Q×D` tokens (Q = grid·grid patches of a plane, row-major), conditioned on
+    `cond`: `B×D`, or a pair (cond_v, cond_a) with `video_planes` (see `plane_modulation`).
 
-    x += g1 · SpatialAttn(adaLN(x))    tokens of one plane attend to each other   (B·N sequences of S)
-    x += g2 · TemporalAttn(adaLN(x))   across the N planes, grouped by `cross_plane`:
-                                         "position": the N tokens at one (row, column) (B·S of N)
-                                         "row":      the N·g tokens of one row         (B·g of N·g)
+    x += g1 · SpatialAttn(adaLN(x))    tokens of one plane attend to each other   (B·P sequences of Q)
+    x += g2 · TemporalAttn(adaLN(x))   across the P planes, grouped by `cross_plane`:
+                                         "position": the P tokens at one (row, column) (B·Q of P)
+                                         "row":      the P·grid tokens of one row      (B·grid of P·grid)
     x += g3 · MLP(adaLN(x))
     The temporal step is where row r of v_th meets row r of a_th: the same instant, video and audio.
     """
@@ -197,22 +221,22 @@ class STDiTBlock(nn.Module):
         # shift, scale, gate for each of the three sub-layers; zero-initialised in STDiT.
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
 
-    def forward(self, x, c):
-        b, n, s, d = x.shape
-        mods = self.modulation(c)[:, None, None, :].chunk(9, dim=-1)  # nine B×1×1×D tensors
+    def forward(self, x, cond, video_planes=None):
+        b, n_planes, q, d = x.shape
+        mods = plane_modulation(self.modulation, cond, video_planes).chunk(9, dim=-1)  # nine B×(1 or P)×1×D
         shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = mods
 
-        h = modulate(self.norm_spatial(x), shift_s, scale_s).reshape(b * n, s, d)
-        x = x + gate_s * self.spatial(h).reshape(b, n, s, d)
+        h = modulate(self.norm_spatial(x), shift_s, scale_s).reshape(b * n_planes, q, d)
+        x = x + gate_s * self.spatial(h).reshape(b, n_planes, q, d)
 
         h = modulate(self.norm_temporal(x), shift_t, scale_t)
-        if self.cross_plane == "row":  # B×N×(g·g)×D → (B·g)×(N·g)×D: a row of every plane together
+        if self.cross_plane == "row":  # B×P×(grid·grid)×D → (B·grid)×(P·grid)×D: a row of every plane together
             g = self.grid
-            h = self.temporal(h.reshape(b, n, g, g, d).transpose(1, 2).reshape(b * g, n * g, d))
-            x = x + gate_t * h.reshape(b, g, n, g, d).transpose(1, 2).reshape(b, n, s, d)
+            h = self.temporal(h.reshape(b, n_planes, g, g, d).transpose(1, 2).reshape(b * g, n_planes * g, d))
+            x = x + gate_t * h.reshape(b, g, n_planes, g, d).transpose(1, 2).reshape(b, n_planes, q, d)
         else:
-            h = self.temporal(h.transpose(1, 2).reshape(b * s, n, d))
-            x = x + gate_t * h.reshape(b, s, n, d).transpose(1, 2)
+            h = self.temporal(h.transpose(1, 2).reshape(b * q, n_planes, d))
+            x = x + gate_t * h.reshape(b, q, n_planes, d).transpose(1, 2)
 
         return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
 
@@ -226,9 +250,9 @@ class FinalLayer(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, patch * patch * out_channels)
 
-    def forward(self, x, c):
-        shift, scale = self.modulation(c)[:, None, None, :].chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))      # B×N×S×(p·p·c)
+    def forward(self, x, cond, video_planes=None):
+        shift, scale = plane_modulation(self.modulation, cond, video_planes).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))      # B×P×Q×(p·p·c)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,13 +263,18 @@ class STDiT(nn.Module):
     """The denoiser over a stacked latent: predicts ε or v (cfg.prediction; diffusion.py converts).
 
     STDiT(cfg, num_frames=6):
-      forward(x: B×c×N×L×L float, t: B long in [0, cfg.diffusion_steps), y: B long or None)
-        → ε̂ or v̂: B×c×N×L×L
-    N = num_frames latent frames (6 planes, or 2·T' for the unprojected baseline), c =
+      forward(x: B×c×P×L×L float, t, y: B long or None) → ε̂ or v̂: B×c×P×L×L
+        t: `B` long in [0, cfg.diffusion_steps), one noise level for every plane, or
+           `B×2` long, column 0 = t_v for the video planes, column 1 = t_a for the audio planes
+           (the six-plane model only).
+    P = num_frames latent frames (6 planes, or 2·T' for the unprojected baseline), c =
     cfg.latent_channels, L = cfg.latent_size, patch p = cfg.patch.
 
-    Conditioning c = emb(t) (+ emb(y) when cfg.num_classes > 0) drives every adaLN. With
-    num_classes > 0 and y=None the null label is used, i.e. the unconditional branch.
+    Conditioning emb(t) (+ emb(y) when cfg.num_classes > 0) drives every adaLN. With a `B×2` t the
+    video planes are modulated by emb(t_v) + emb(y) and the audio planes by emb(t_a) + emb(y), so one
+    network learns every pair of noise levels: a modality given clean (t = 0) beside a noisy one is
+    how A2V and V2A are sampled [ours, after UniDiffuser]. t_v = t_a computes exactly what the `B`
+    form computes. With num_classes > 0 and y=None the null label is used (the unconditional branch).
     """
 
     def __init__(self, cfg, num_frames=len(PLANE_NAMES)):
@@ -260,9 +289,12 @@ class STDiT(nn.Module):
 
         self.patch_embed = PatchEmbed(self.channels, width, self.patch)
         # Fixed positions within a plane: non-persistent, rebuilt from cfg (nothing to load).
-        self.register_buffer("pos_embed", sincos_2d(self.grid, width), persistent=False)  # S×D
-        # Learned per-frame embedding: tells v_hw from a_th etc., since attention is permutation-blind.
-        self.frame_embed = nn.Parameter(torch.zeros(num_frames, width))                      # N×D
+        self.register_buffer("pos_embed", sincos_2d(self.grid, width), persistent=False)  # Q×D
+        # Which planes take t_v (the rest take t_a); a factory call, so it follows a device context.
+        self.register_buffer("video_planes", torch.tensor([n.startswith("v_") for n in PLANE_NAMES]),
+                             persistent=False)                                           # P bool
+        # Learned per-plane embedding: tells v_hw from a_th etc., since attention is permutation-blind.
+        self.frame_embed = nn.Parameter(torch.zeros(num_frames, width))                      # P×D
         self.t_embed = TimestepEmbedder(width)
         self.y_embed = LabelEmbedder(cfg.num_classes, width, cfg.class_dropout) if cfg.num_classes > 0 else None
         self.blocks = nn.ModuleList(STDiTBlock(width, cfg.dit_heads, cfg.mlp_ratio, cfg.cross_plane, self.grid)
@@ -289,8 +321,10 @@ class STDiT(nn.Module):
         if self.y_embed is not None:
             nn.init.normal_(self.y_embed.table.weight, std=0.02)
         # adaLN-Zero: zero shift/scale/gate makes every block the identity at step 0 (a residual
-        # net starts as a plain patch embedding and grows depth as gates open); zero output layer
-        # makes a fresh model predict ε̂ = 0 exactly, the least-harmful guess for unit-variance noise.
+        # net starts as a plain patch embedding and grows depth as gates open). The zero output
+        # layer makes a fresh model output exactly 0: ε̂ = 0, the mean of the noise, for
+        # ε-prediction; v̂ = 0 for v-prediction, i.e. x̂0 = √ᾱ·x_t, the posterior mean of
+        # unit-variance Gaussian data. Either is a harmless first guess for unit-variance latents.
         for block in self.blocks:
             nn.init.zeros_(block.modulation[-1].weight)
             nn.init.zeros_(block.modulation[-1].bias)
@@ -299,27 +333,39 @@ class STDiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def unpatchify(self, x):
-        """`B×N×S×(p·p·c)` → `B×c×N×L×L`."""
-        b, n, p, g, c = x.shape[0], self.num_frames, self.patch, self.grid, self.channels
-        x = x.reshape(b, n, g, g, p, p, c)
-        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, n, g * p, g * p)
+        """`B×P×Q×(p·p·c)` → `B×c×P×L×L`."""
+        b, n_planes, p, g, c = x.shape[0], self.num_frames, self.patch, self.grid, self.channels
+        x = x.reshape(b, n_planes, g, g, p, p, c)
+        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, n_planes, g * p, g * p)
 
     def forward(self, x, t, y=None):
         expected = (self.channels, self.num_frames, self.size, self.size)
         if tuple(x.shape[1:]) != expected:                            # static shapes: a compile guard, not a break
-            raise ValueError(f"STDiT: expected input B×{'×'.join(map(str, expected))} (c×N×L×L), got {tuple(x.shape)}")
-        tokens = self.patch_embed(x)                                  # B×N×S×D
+            raise ValueError(f"STDiT: expected input B×{'×'.join(map(str, expected))} (c×P×L×L), got {tuple(x.shape)}")
+        per_modality = t.dim() == 2                                   # B×2: (t_v, t_a) per clip
+        if per_modality and (t.shape[1] != 2 or self.num_frames != len(PLANE_NAMES)):
+            raise ValueError(f"STDiT: a per-modality t must be B×2 (t_v, t_a) on the {len(PLANE_NAMES)}-plane "
+                             f"latent; got t {tuple(t.shape)} for {self.num_frames} planes (pass one t per clip)")
+        tokens = self.patch_embed(x)                                  # B×P×Q×D
         tokens = tokens + self.pos_embed[None, None] + self.frame_embed[None, :, None]  # float32 residual stream
 
-        cond = self.t_embed(t)                                        # B×D
+        label = None
         if self.y_embed is not None:
             if y is None:                                             # unconditional branch on request
-                y = torch.full_like(t, self.null_label)
-            cond = cond + self.y_embed(y)
+                y = torch.full(t.shape[:1], self.null_label, dtype=t.dtype, device=t.device)
+            label = self.y_embed(y)                                   # B×D, shared by both modalities
+        if per_modality:
+            # each group's conditioning on a B×D input exactly as in the one-level case
+            cond_v, cond_a = self.t_embed(t[:, 0]), self.t_embed(t[:, 1])
+            cond = (cond_v, cond_a) if label is None else (cond_v + label, cond_a + label)
+        else:
+            cond = self.t_embed(t)                                    # B×D
+            if label is not None:
+                cond = cond + label
 
         for block in self.blocks:
-            tokens = block(tokens, cond)
-        return self.unpatchify(self.final(tokens, cond))
+            tokens = block(tokens, cond, self.video_planes)
+        return self.unpatchify(self.final(tokens, cond, self.video_planes))
 
 
 def unprojected_stdit(cfg):

@@ -1,6 +1,7 @@
 """
 The first tests to read: the sizes of ProAV-DiT (config, §6), the stacked latent and STDiT (§4), and
-the diffusion process and its samplers (§5). CPU only, the whole file in well under a minute.
+the diffusion process and its samplers (§5); test_diffusion.py goes further into §5. CPU only, the
+whole file in well under a minute.
 
 Every test checks a number or an exact equality that a plausible bug would break: a wrong
 reshape breaks the round trip, a missing zero-init breaks the zero output, a sampler that ignores
@@ -73,14 +74,14 @@ def test_stdit_shape_tiny(num_classes, patch):
     out = model(x, t, y)
     assert out.shape == x.shape == (2, 4, 6, 8, 8) and torch.isfinite(out).all()
     assert model.null_label == (num_classes if num_classes else None)
-    with pytest.raises(ValueError, match="c×N×L×L"):
+    with pytest.raises(ValueError, match="c×P×L×L"):
         model(torch.randn(2, 4, 5, 8, 8), t, y)
 
 
 def test_unpatchify_puts_each_token_at_its_patch():
     cfg = get_config("tiny", patch=2, **SMALL)
     model, grid, p = STDiT(cfg), cfg.latent_size // 2, 2
-    # token (frame n, patch s) carries the value 100·n + s in all its p·p·c outputs
+    # token (plane i, patch j) carries the value 100·i + j in all its p·p·c outputs
     ids = (100 * torch.arange(6)[:, None] + torch.arange(grid * grid)[None]).float()
     out = model.unpatchify(ids[None, :, :, None].expand(1, 6, grid * grid, p * p * cfg.latent_channels))
     rows = torch.arange(cfg.latent_size) // p                         # pixel row i lies in patch row i//p
@@ -285,15 +286,16 @@ class VideoFollowsAudio(torch.nn.Module):
         return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
 
 
-def test_reconstruction_guidance_reaches_the_planes_replacement_cannot():
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
+def test_reconstruction_guidance_reaches_the_planes_replacement_cannot(sampler):
     diffusion = Diffusion(steps=1000)
     model = VideoFollowsAudio(diffusion)
     shape = (4, 2, 6, 3, 3)
     gen = torch.Generator().manual_seed(6)
     known, noise = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     video_known = torch.tensor([True, True, True, False, False, False])
-    miss = lambda w: (diffusion.sample(model, shape, steps=20, known=known, known_mask=video_known, guidance=w,
-                                       noise=noise)[:, :, 3:] - known[:, :, :3]).pow(2).mean().item()
+    miss = lambda w: (diffusion.sample(model, shape, sampler=sampler, steps=20, known=known, known_mask=video_known,
+                                       guidance=w, noise=noise)[:, :, 3:] - known[:, :, :3]).pow(2).mean().item()
     # replacement alone: the audio ignores the given video, so it misses it by ~2 (two unit draws);
     # the gradient through the video's dependence on the audio pulls the audio onto it
     assert miss(0.0) > 1.0
