@@ -1,12 +1,13 @@
 """
-The attention family of MDSA (PAPER.md §3, encoder step 2), all on one fused primitive.
+The attention family of MDSA (PAPER.md §3), all on one fused primitive.
 
-Every module here works on a feature grid laid out as tokens, `B×T×N×D`: B clips, T frames, N = h·w
-tokens per frame, D channels (channels last, so every projection is a plain `nn.Linear`). The two
-streams share T (the same instants) but may have different N (Nv video tokens, Na audio tokens).
+Every module here works on a feature grid laid out as tokens, `B×T'×Q×D`: B clips, T' latent frames,
+Q = h·w tokens per frame, D channels (channels last, so every projection is a plain `nn.Linear`).
+The two streams share T' (the same instants) but may have different Q (Qv video, Qa audio tokens).
+Inside this file T' is written T.
 
   `attention`                 one multi-head SDPA call; every module below goes through it     [ours]
-  `SpatialSelfAttention`      self-attention among the N tokens of each frame                  [ours]
+  `SpatialSelfAttention`      self-attention among the Q tokens of each frame                  [ours]
   `MTSelfAttn`                multi-scale temporal self-attention, scales ×1 ×2 ×4            [paper]
                               (avg-pool in time, attend, repeat back, softmax-weighted fusion:  [ours])
   `GCMAttn`                   group cross-modal attention: video↔audio within groups of g      [paper: name]
@@ -30,15 +31,15 @@ from torch import nn
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
     """Multi-head scaled dot-product attention over the last two axes.
 
-    q: `...×Nq×D`, k and v: `...×Nk×D` with the same leading axes → `...×Nq×D`.
-    The leading axes are folded into one batch axis so that the call is the 4D `B'×H×N×d` layout the
+    q: `...×nq×D`, k and v: `...×nk×D` with the same leading axes → `...×nq×D` (n: sequence lengths).
+    The leading axes are folded into one batch axis so that the call is the 4D `B'×H×n×d` layout the
     fused kernels (flash / memory-efficient on GPU) expect; softmax(QKᵀ/√d)V is never written out.
     """
     lead, dim = q.shape[:-2], q.shape[-1]
     if dim % heads:
         raise ValueError(f"attention: width {dim} is not divisible by {heads} heads")
 
-    def split(t):  # ...×N×D → B'×H×N×d
+    def split(t):  # ...×n×D → B'×H×n×d
         return t.reshape(-1, t.shape[-2], heads, dim // heads).transpose(1, 2)
 
     out = sdpa(split(q), split(k), split(v))
@@ -46,11 +47,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(QKᵀ/√d)V on `B'×H×N×d` tensors: `F.scaled_dot_product_attention`, except bf16 on CPU.
+    """softmax(QKᵀ/√d)V on `B'×H×n×d` tensors: `F.scaled_dot_product_attention`, except bf16 on CPU.
 
-    There the fused CPU kernel ran 3-6× slower than two batched matmuls on our short sequences
-    (6 to 64 tokens; BENCHMARKS.md), so we write the product out. The logits are small (≤ 64×64 per
-    head) and the softmax runs in fp32.
+    There the fused CPU kernel is slower than two batched matmuls on our short sequences (6 to 64
+    tokens; the figures are in BENCHMARKS.md), so the product is written out. The logits are small
+    (≤ 64×64 per head) and the softmax runs in fp32.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         weights = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
@@ -69,7 +70,7 @@ def _zero(linear: nn.Linear) -> nn.Linear:
 # Spatial self-attention [ours]
 # ------------------------------------------------------------------------------------------------
 class SpatialSelfAttention(nn.Module):
-    """Self-attention among the tokens of one frame: `B×T×N×D` → update `B×T×N×D`.
+    """Self-attention among the tokens of one frame: `B×T×Q×D` → update `B×T×Q×D`.
 
     T is folded into the batch by `attention` (a reshape), so all frames go in one call.
     """
@@ -90,11 +91,11 @@ class SpatialSelfAttention(nn.Module):
 # MT-SelfAttn: multi-scale temporal self-attention [paper]
 # ------------------------------------------------------------------------------------------------
 class MTSelfAttn(nn.Module):
-    """Temporal self-attention at several time scales, fused: `B×T×N×D` → update `B×T×N×D`.
+    """Temporal self-attention at several time scales, fused: `B×T×Q×D` → update `B×T×Q×D`.
 
     [paper] scales ×1, ×2, ×4 of temporal self-attention, fused. [ours] how: for each scale s,
     average-pool time by s (T/s tokens, each summarising s frames), self-attend over those tokens at
-    every spatial position (all B·N positions in one call), repeat each output s times to get back
+    every spatial position (all B·Q positions in one call), repeat each output s times to get back
     to T, then sum the scales with softmax(learned logits) weights. Zero-initialised output.
 
     Q, K, V are projected once at full rate and pooled afterwards: a Linear commutes with averaging
@@ -110,19 +111,19 @@ class MTSelfAttn(nn.Module):
         self.out = _zero(nn.Linear(dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, N, D = x.shape
+        B, T, Q, D = x.shape
         for s in self.scales:
             if T % s:
                 raise ValueError(f"MTSelfAttn: scale {s} does not divide T={T} frames")
-        qkv = self.to_qkv(self.norm(x)).transpose(1, 2)         # B×N×T×3D: time is the sequence axis
+        qkv = self.to_qkv(self.norm(x)).transpose(1, 2)         # B×Q×T×3D: time is the sequence axis
         weights = self.scale_logits.softmax(0)
         fused = 0
         for w, s in zip(weights, self.scales):                   # 3 scales, not a loop over data
-            pooled = qkv if s == 1 else qkv.unflatten(2, (T // s, s)).mean(3)   # B×N×(T/s)×3D
+            pooled = qkv if s == 1 else qkv.unflatten(2, (T // s, s)).mean(3)   # B×Q×(T/s)×3D
             q, k, v = pooled.chunk(3, dim=-1)
-            y = attention(q, k, v, self.heads)                   # B×N×(T/s)×D
+            y = attention(q, k, v, self.heads)                   # B×Q×(T/s)×D
             fused = fused + w * (y if s == 1 else y.repeat_interleave(s, dim=2))  # nearest upsample
-        return self.out(fused.transpose(1, 2))                   # back to B×T×N×D
+        return self.out(fused.transpose(1, 2))                   # back to B×T×Q×D
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,9 +132,9 @@ class MTSelfAttn(nn.Module):
 class GCMAttn(nn.Module):
     """Video↔audio cross-attention within groups of g consecutive frames.
 
-    video `B×T×Nv×D`, audio `B×T×Na×D` → (video update `B×T×Nv×D`, audio update `B×T×Na×D`).
-    Group k's g·Nv video tokens attend to group k's g·Na audio tokens, and the reverse. Because the
-    grid is time-major, `B×T×N×D` → `B×(T/g)×(g·N)×D` is a free view: the groups join the batch and
+    video `B×T×Qv×D`, audio `B×T×Qa×D` → (video update `B×T×Qv×D`, audio update `B×T×Qa×D`).
+    Group k's g·Qv video tokens attend to group k's g·Qa audio tokens, and the reverse. Because the
+    grid is time-major, `B×T×Q×D` → `B×(T/g)×(g·Q)×D` is a free view: the groups join the batch and
     each direction is one SDPA call. Fusion stays local in time, which is what synchrony needs.
     Zero-initialised output projections.
     """
@@ -146,14 +147,14 @@ class GCMAttn(nn.Module):
         self.out_v, self.out_a = _zero(nn.Linear(dim, dim)), _zero(nn.Linear(dim, dim))
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor):
-        B, T, Nv, D = video.shape
-        Na, g = audio.shape[2], self.group
+        B, T, Qv, D = video.shape
+        Qa, g = audio.shape[2], self.group
         if T % g or audio.shape[1] != T:
             raise ValueError(f"GCMAttn: group g={g} must divide T, got video T={T}, audio T={audio.shape[1]}")
-        qv, kv, vv = self.qkv_v(self.norm_v(video)).reshape(B, T // g, g * Nv, 3 * D).chunk(3, dim=-1)
-        qa, ka, va = self.qkv_a(self.norm_a(audio)).reshape(B, T // g, g * Na, 3 * D).chunk(3, dim=-1)
-        video_upd = attention(qv, ka, va, self.heads).reshape(B, T, Nv, D)   # video ← audio
-        audio_upd = attention(qa, kv, vv, self.heads).reshape(B, T, Na, D)   # audio ← video
+        qv, kv, vv = self.qkv_v(self.norm_v(video)).reshape(B, T // g, g * Qv, 3 * D).chunk(3, dim=-1)
+        qa, ka, va = self.qkv_a(self.norm_a(audio)).reshape(B, T // g, g * Qa, 3 * D).chunk(3, dim=-1)
+        video_upd = attention(qv, ka, va, self.heads).reshape(B, T, Qv, D)   # video ← audio
+        audio_upd = attention(qa, kv, vv, self.heads).reshape(B, T, Qa, D)   # audio ← video
         return self.out_v(video_upd), self.out_a(audio_upd)
 
 
@@ -163,8 +164,8 @@ class GCMAttn(nn.Module):
 class BiBlockCrossAttn(nn.Module):
     """Bidirectional cross-attention of one frame's video and audio tokens through ONE logit matrix.
 
-    video `B×T×Nv×D`, audio `B×T×Na×D` → (video update, audio update), same shapes.
-    Per frame and head, S = Q_v K_aᵀ/√d (Nv×Na) is the only affinity:
+    video `B×T×Qv×D`, audio `B×T×Qa×D` → (video update, audio update), same shapes.
+    Per frame and head, S = Q_v K_aᵀ/√d (Qv×Qa) is the only affinity:
         video ← audio = softmax_rows(S)  V_a        (each video token distributes over audio tokens)
         audio ← video = softmax_rows(Sᵀ) V_v        (each audio token distributes over video tokens)
     Since Sᵀ = K_a Q_vᵀ/√d, the second direction is SDPA with the roles swapped: the audio keys act as
@@ -184,8 +185,8 @@ class BiBlockCrossAttn(nn.Module):
         self.gate_a = nn.Parameter(torch.zeros(dim))
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor):
-        q_v, val_v = self.qv_v(self.norm_v(video)).chunk(2, dim=-1)   # B×T×Nv×D each
-        k_a, val_a = self.kv_a(self.norm_a(audio)).chunk(2, dim=-1)   # B×T×Na×D each
+        q_v, val_v = self.qv_v(self.norm_v(video)).chunk(2, dim=-1)   # B×T×Qv×D each
+        k_a, val_a = self.kv_a(self.norm_a(audio)).chunk(2, dim=-1)   # B×T×Qa×D each
         video_upd = attention(q_v, k_a, val_a, self.heads)            # softmax over audio of S
         audio_upd = attention(k_a, q_v, val_v, self.heads)            # softmax over video of Sᵀ
         return self.gate_v * self.out_v(video_upd), self.gate_a * self.out_a(audio_upd)

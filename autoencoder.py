@@ -16,7 +16,7 @@ One clip in, six 2D latent planes out, and back:
           attention-pooling `Agg` with a learned summary query, the diagonal-Gaussian bottleneck
           (KL weight 1e-6), the broadcast-sum decoder, the L1 + MSE + KL loss, cross-modal dropout.
 
-Layout. Inside, the grid is kept as tokens `B×T'×N×C` (N = h·w, channels last): the same numbers as
+Layout. Inside, the grid is kept as tokens `B×T'×Q×C` (Q = h·w, channels last): the same numbers as
 the `B×C×T'×h×w` grid of the paper, in the order every attention module and Linear wants, so the
 transformer part never permutes. In both streams T' = h = w = L (checked at construction).
 
@@ -91,7 +91,7 @@ def stage_widths(channels: int, down: int, what: str) -> list:
 class Stream(nn.Module):
     """Everything one modality owns (video and audio each get one; same structure, own weights).
 
-    embed:      `B×cin×T×H×W` → grid tokens `B×T'×N×C`: per-frame 2D ResNet stem (frames folded
+    embed:      `B×cin×T×H×W` → grid tokens `B×T'×Q×C`: per-frame 2D ResNet stem (frames folded
                 into the batch), stride-2 stages down by `down`, then time down by `time_down` with
                 a strided temporal "patch" (concatenate d_t frames' channels, Linear), plus positions.
     to_planes:  grid → three (mean, logvar) pairs `B×c×L×L`: hw, th, tw (orthogonal decomposition).
@@ -126,8 +126,7 @@ class Stream(nn.Module):
             head += [Upsample2d(w[i + 1], w[i]), ResBlock2d(w[i], w[i])]
         # no GroupNorm before the output conv (unlike LDM's decoder): over a frame that is mostly flat
         # background, GN divides a small object's features by a std that the object itself sets, so
-        # its output colour can no longer scale with them (without it: 24.7 → 25.8 dB held-out video
-        # PSNR at mse_weight 1)
+        # its output colour can no longer scale with them
         self.head = nn.Sequential(*head, nn.SiLU(), nn.Conv2d(w[0], cin, 3, padding=1))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +134,7 @@ class Stream(nn.Module):
         f = self.stem(x.transpose(1, 2).reshape(B * T, self.cin, H, W))   # (B·T)×C×L×L
         assert f.shape[-2:] == (self.L, self.L), f"stem reached {tuple(f.shape[-2:])}, expected L={self.L}"
         grid = rearrange(f, "(b t k) c h w -> b t (h w) (k c)", b=B, k=self.time_down)
-        return self.time_in(grid) + self.pos_in()                          # B×T'×N×C
+        return self.time_in(grid) + self.pos_in()                          # B×T'×Q×C
 
     def to_planes(self, grid: torch.Tensor) -> list:
         return [head(p).permute(0, 3, 1, 2).chunk(2, dim=1)               # (mean, logvar) B×c×L×L
@@ -170,7 +169,7 @@ class GridPositions(nn.Module):
 class AxisPool(nn.Module):
     """Agg of PAPER §3: attention pooling of the grid along t, w and h → the planes hw, th, tw.
 
-    grid `B×T×N×C` (N = h·w) → [z_hw `B×h×w×C`, z_th `B×T×h×C`, z_tw `B×T×w×C`] (channels last).
+    grid `B×T×Q×C` (Q = h·w; T here is T') → [z_hw `B×h×w×C`, z_th `B×T×h×C`, z_tw `B×T×w×C`] (channels last).
     [ours, PVDM-style] one learned query per plane (a summary token) attends over the tokens along
     its axis; learned axis positions are added to those keys and values so the summary knows where
     along the axis each contribution came from. K, V are projected once for all three planes, and
@@ -187,7 +186,7 @@ class AxisPool(nn.Module):
         self.pos_t, self.pos_w, self.pos_h = (nn.Parameter(torch.randn(n, 2 * dim) * 0.02) for n in (T, w, h))
 
     def forward(self, grid: torch.Tensor) -> list:
-        B, T, N, C = grid.shape
+        B, T, Q, C = grid.shape
         kv = self.to_kv(self.norm(grid)).unflatten(2, (self.h, self.w))     # B×T×h×w×2C
         planes = []
         # (axis pooled away, its positions): t → hw, w → th, h → tw; the remaining axes keep order,
@@ -205,9 +204,9 @@ class AxisPool(nn.Module):
 class MDSABlock(nn.Module):
     """Spatial self-attn, MT-SelfAttn (per stream), GCM-Attn, Bi-Block CrossAttn, MLP (per stream).
 
-    video `B×T'×Nv×C`, audio `B×T'×Na×C` (either may be None) → the same, updated residually.
+    video `B×T'×Qv×C`, audio `B×T'×Qa×C` (either may be None) → the same, updated residually.
     With one stream missing the cross-modal layers are skipped. `cross` (a 0-dim 0/1 tensor, or None
-    for 1) scales their updates: the encoder's cross-modal dropout passes 0 (see MDSA._encode_grids).
+    for 1) scales their updates: the encoder's cross-modal dropout passes 0 (see MDSA._posteriors).
     """
 
     def __init__(self, dim: int, heads: int, scales, group: int):
@@ -245,7 +244,7 @@ class MDSA(nn.Module):
 
     encode(video=None, audio=None, sample=False) → (v_hw, v_th, v_tw, a_hw, a_th, a_tw), each B×c×L×L
     decode(planes) → (video B×3×T×S×S, audio B×1×T×M×F), unbounded (clamp to [-1, 1] for display)
-    loss(video, audio) → {'loss', 'l1_video', 'l1_audio', 'mse_video', 'mse_audio', 'kl', 'video_rec', 'audio_rec'}
+    loss(video, audio) → {'loss', 'kl_share', 'l1_video', 'l1_audio', 'mse_video', 'mse_audio', 'kl', 'video_rec', 'audio_rec'}
     """
 
     def __init__(self, cfg):
@@ -325,11 +324,15 @@ class MDSA(nn.Module):
         L1 alone is minimised by the per-pixel median, and for a small moving object (a disc, a
         click) whose place the decoder cannot yet pin down, the median is the background: the object
         never appears. The squared term gives those rare, large errors the gradient that finds them,
-        and it must outweigh the L1 (cfg.mse_weight = 30): once the background is right, the L1's
-        gradient there is the SIGN of a ~0 error, noise from nearly every pixel, and at equal weights
-        it drowned the disc's colour (every disc came out one grey; see config.py).
+        and it must outweigh the L1 (cfg.mse_weight): once the background is right, the L1's
+        gradient there is the SIGN of a ~0 error, noise from nearly every pixel, which at equal
+        weights drowns a small object's colour.
         KL of the six diagonal Gaussians against N(0, I), summed over latent elements and averaged
-        over the batch (as in latent diffusion, so the 1e-6 weight keeps its usual meaning)."""
+        over the batch. The reconstruction terms are per-element MEANS, whereas latent diffusion sums
+        them over pixels, so here kl_weight weighs the KL about E = 3·T·S² + T·M·F times more than
+        the same number does there (65,536 elements per clip at `tiny`, 3,211,264 at `paper`;
+        PAPER.md §3).
+        "kl_share" is the KL term's fraction of the loss, for the training log."""
         post_v, post_a = self._posteriors(video, audio)
         posts = [(m, lv.clamp(-30.0, 20.0)) for m, lv in post_v + post_a]
         video_rec, audio_rec = self.decode([self._sample(m, lv) for m, lv in posts])
@@ -338,7 +341,8 @@ class MDSA(nn.Module):
         mse_video, mse_audio = err_v.pow(2).mean(), err_a.pow(2).mean()
         kl = sum(0.5 * (m.pow(2) + lv.exp() - 1.0 - lv).sum() for m, lv in posts) / video.shape[0]
         recon = l1_video + l1_audio + self.cfg.mse_weight * (mse_video + mse_audio)
-        return {"loss": recon + self.cfg.kl_weight * kl,
+        loss = recon + self.cfg.kl_weight * kl
+        return {"loss": loss, "kl_share": (self.cfg.kl_weight * kl / loss).detach(),
                 "l1_video": l1_video.detach(), "l1_audio": l1_audio.detach(), "kl": kl.detach(),
                 "mse_video": mse_video.detach(), "mse_audio": mse_audio.detach(),
                 "video_rec": video_rec.detach(), "audio_rec": audio_rec.detach()}

@@ -1,11 +1,12 @@
 """
-What ProAV-DiT costs: parameters, FLOPs, speed, memory (PAPER.md §6, GUIDE.md "Measuring").
+What ProAV-DiT costs: parameters, FLOPs, speed, memory (PAPER.md §6).
 
   python bench.py                        # CPU: FLOPs of both presets, timed steps at tiny
   python bench.py --device cuda          # GPU: bf16 autocast, fused attention, timed steps at both presets
   python bench.py --device cuda --compile true
 
-Prints markdown tables (and writes them to --out). No pass/fail: numbers only.
+Prints markdown tables (and writes them to out_dir/bench.md). No pass/fail: numbers only.
+`python bench.py --help` lists the settings.
 
   - FLOPs are counted with torch.utils.flop_counter.FlopCounterMode on the meta device, so the
     `paper` preset is counted without allocating it. A multiply-add is 2 FLOPs.
@@ -24,14 +25,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from autoencoder import MDSA
-from config import get_config, parse_cli, settings_block
-from data import frames_to_wave
+from audio import frames_to_wave
+from config import PRESETS, get_config, need, parse_cli, settings_of
 from diffusion import Diffusion
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
-from pipeline import autocast, use_bf16
+from pipeline import autocast, pick_device, use_bf16
 
 # ----------------------------------------------------------------------------- settings
-device = "cpu"          # "cpu" or "cuda"
+device = "cpu"          # "cpu", "cuda" or "cuda:K" (never "auto": a benchmark says what it ran on)
 compile = False         # torch.compile the timed models
 precision = "auto"      # as train.py: "auto" = bf16 on GPUs and on CPUs with fast bf16, else "fp32"
 presets = "tiny,paper"  # presets whose FLOPs are counted
@@ -40,9 +41,9 @@ ae_batch = 0            # clips per timed AE step; 0 = 8 at tiny, 4 at paper
 dit_batch = 0           # clips per timed DiT step; 0 = 32 at tiny, 16 at paper
 sample_steps = 50       # DDIM steps for the sampling measurements
 repeats = 5             # timed repetitions (median reported)
-out = "out/bench.md"    # where the markdown tables are written
+out_dir = "out"         # the markdown tables are written to out_dir/bench.md
 
-SETTINGS = settings_block(dict(globals()))
+SETTINGS = settings_of(dict(globals()), __file__)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -169,8 +170,14 @@ def table(header, rows) -> str:
 
 
 def main(argv):
-    a = parse_cli(SETTINGS, argv)
-    dev = torch.device(a["device"])
+    a, _ = parse_cli(argv, SETTINGS, doc=__doc__)
+    for p in [q for q in (a["presets"] + "," + a["timed"]).split(",") if q]:
+        need(p in PRESETS, f"--presets / --timed: unknown preset {p!r}; choose from {', '.join(PRESETS)}")
+    for name in ("sample_steps", "repeats"):
+        need(a[name] >= 1, f"--{name} must be at least 1, not {a[name]}")
+    need(a["ae_batch"] >= 0 and a["dit_batch"] >= 0, "--ae_batch and --dit_batch must be ≥ 0 (0 = by preset)")
+    need(a["device"] != "auto", "--device: name the device to measure (cpu, cuda or cuda:K)")
+    dev = pick_device(a["device"])
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -205,10 +212,9 @@ def main(argv):
                          timed_steps(cfg, dev, a, peak)))
     text = "\n".join(out) + "\n"
     print(text)
-    if a["out"]:
-        os.makedirs(os.path.dirname(a["out"]) or ".", exist_ok=True)
-        with open(a["out"], "w") as f:
-            f.write(text)
+    os.makedirs(a["out_dir"], exist_ok=True)
+    with open(os.path.join(a["out_dir"], "bench.md"), "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,31 @@
 """
-Every size of ProAV-DiT in one place: the presets of PAPER.md §6.
+Every size of ProAV-DiT in one place (the presets of PAPER.md §6), and the settings mechanism the
+scripts share.
 
 A `Config` holds what must agree between the data, the autoencoder (MDSA), the denoiser (STDiT) and
 the diffusion process, so one object travels with every checkpoint and `sample.py` can rebuild the
-models from it. Training settings (learning rates, steps, batch size) live in `train.py`.
+models from it. Training settings (learning rates, steps, batch size) live in `train.py`. The
+bottom of this file is the one command-line mechanism of train, sample, evaluate and bench.
 
 Every other size is DERIVED here (hop length, samples per clip, plane size L) and `check()` refuses a
 config whose streams would not meet on one plane size, naming the sizes, rather than letting a shape
 error surface deep inside a forward pass (PVDM's most reported bug).
 
-  [paper] 16 frames, 256² video, the planes of one size L, DDPM with 1000 steps
-  [ours]  10 fps, 16 kHz, the mel sizes, channel widths, depths, latent channels, KL weight
+  [paper] 16 frames, 256² video, three 2D latents per modality stacked into one 3D latent
+  [ours]  10 fps, 16 kHz, the mel sizes, one plane size L for all six planes, channel widths,
+          depths, latent channels, the KL weight, DDPM with 1000 steps, the noise-level mixture
 """
+import re
 from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)
 class Config:
     # ---- data (§2) ----
-    frames: int = 16            # T: video frames per clip                               [paper]
-    fps: int = 10               # 16 frames at 10 fps = 1.6 s, as MM-Diffusion              [ours]
+    frames: int = 16            # T: video frames per clip                                  [paper]
+    fps: int = 10               # 16 frames at 10 fps = 1.6 s, as MM-Diffusion                 [ours]
     image_size: int = 32        # S: video frames are S×S after resize + centre crop
-    sample_rate: int = 16000    # mono audio at 16 kHz                                     [ours]
+    sample_rate: int = 16000    # mono audio at 16 kHz                                        [ours]
     n_mels: int = 32            # M: mel bands = height of an audio "frame"
     mel_width: int = 32         # F: mel columns per video frame = width of an audio "frame"
     n_fft: int = 512            # STFT size (32 ms window at 16 kHz)
@@ -33,35 +37,33 @@ class Config:
     time_down: int = 2          # d_t: temporal downsampling, so T' = T / d_t
     ae_heads: int = 4           # attention heads in the MDSA transformer blocks
     ae_enc_blocks: int = 1      # spatio-temporal blocks in the encoder
-    ae_dec_blocks: int = 1      # ... and in the decoder
-    mt_scales: tuple = (1, 2, 4)  # MT-SelfAttn temporal scales                            [paper]
+    ae_dec_blocks: int = 1      # spatio-temporal blocks in the decoder
+    mt_scales: tuple = (1, 2, 4)  # MT-SelfAttn temporal scales                               [paper]
     gcm_group: int = 2          # g: consecutive latent frames per GCM-Attn group
     latent_channels: int = 4    # c: channels of every 2D latent plane
-    kl_weight: float = 1e-6     # diagonal-Gaussian bottleneck, as in latent diffusion      [ours]
-    mse_weight: float = 30.0    # AE loss = L1 + mse_weight·MSE per modality [ours]. L1 alone settles
-                                # on the background median and never finds a small moving object; at
-                                # weight 1 the L1 still dominates: the sign of the ~0 background error
-                                # is gradient noise over 96% of pixels that drowns the disc's colour
-                                # (held-out video PSNR 24.9 dB, every disc one grey). At 30: 35.0 dB
+    kl_weight: float = 1e-6     # weight of the summed KL against per-element means (PAPER.md §3) [ours]
+    mse_weight: float = 30.0    # AE loss = L1 + mse_weight·MSE per modality: the squared term is what
+                                # finds a small moving object that L1 leaves at the background [ours]
     xmodal_dropout: float = 0.1  # AE training: P(encoder skips cross-modal attention for a batch),
-                                 # so one modality can be encoded alone for zero-shot A2V/V2A [ours]
+                                 # so one modality can be encoded alone for A2V/V2A           [ours]
     # ---- STDiT denoiser (§4) ----
-    patch: int = 2              # patch (1, p, p) over the stacked B×c×6×L×L latent: 2 at tiny gives
-                                # 96 tokens (a CPU step 4× cheaper than 384); the paper preset uses 1
-    dit_depth: int = 4
-    dit_width: int = 128
-    dit_heads: int = 4
-    mlp_ratio: float = 4.0
-    cross_plane: str = "row"    # STDiT "temporal" attention across the planes: over each whole
-                                # "row" of the six planes (at tiny: one disc in 92% of generated
-                                # frames against 81%), or at each "position" (the paper preset)
+    patch: int = 2              # p: patch (1, p, p) over the stacked latent; 2 at tiny: 4× fewer tokens than 1
+    dit_depth: int = 4          # STDiT blocks
+    dit_width: int = 128        # D: token width
+    dit_heads: int = 4          # attention heads per STDiT block
+    mlp_ratio: float = 4.0      # MLP hidden width = mlp_ratio·D
+    cross_plane: str = "row"    # across-plane attention: over each whole "row" of the six planes (a click's
+                                # mel band and a wall contact share a row, not a column) or per "position"
     class_dropout: float = 0.1  # label dropout that trains the unconditional branch for CFG
     # ---- diffusion (§5) ----
-    diffusion_steps: int = 1000
+    diffusion_steps: int = 1000  # num_timesteps of the forward process                       [ours]
     schedule: str = "linear"    # "linear" (1e-4 → 0.02) or "cosine"
-    prediction: str = "v"       # what the STDiT predicts: "v" or "eps" (DDPM, the paper preset). At
-                                # tiny, ε left audio and video unsynced (sync-F1 0.35, its shuffled
-                                # pairs 0.37); v weighs the noisy steps where the layout is decided: 0.68
+    prediction: str = "v"       # what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
+                                # a clip's layout (when the disc hits, when it clicks) is decided
+    mix_equal: float = 0.5      # training share of t_v = t_a: the joint generation that sampling starts from
+    mix_independent: float = 0.25  # share of independent t_v, t_a: each modality learns to read a
+                                   # partner at any other noise level (cross-modal guidance's input)
+    mix_clean: float = 0.25     # share with one modality clean (t = 0): A2V and V2A as sampled natively
 
     # ---- derived sizes ----
     @property
@@ -115,6 +117,8 @@ class Config:
         need(self.schedule in ("linear", "cosine"), f"unknown schedule {self.schedule!r}")
         need(self.cross_plane in ("position", "row"), f"unknown cross_plane {self.cross_plane!r}")
         need(self.prediction in ("eps", "v"), f"unknown prediction {self.prediction!r}")
+        mix = (self.mix_equal, self.mix_independent, self.mix_clean)
+        need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
         return self
 
     def to_dict(self) -> dict:
@@ -130,10 +134,18 @@ class Config:
         if unknown:
             raise ValueError(f"config: unknown setting(s) {unknown}")
         d = dict(d)
+        if "mix_equal" not in d:  # written before per-modality noise levels: trained on t_v = t_a only
+            d.update(mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)
         if "mt_scales" in d:
             d["mt_scales"] = tuple(d["mt_scales"])
         return cls(**d).check()
 
+
+# Fields that only the denoiser and the diffusion process read: the DiT stage may change these on top
+# of the autoencoder's config, and a DiT checkpoint matches its AE on every other field.
+DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
+              "class_dropout", "diffusion_steps", "schedule", "prediction", "mix_equal", "mix_independent",
+              "mix_clean")
 
 PRESETS = {
     # The CPU default: 3×16×32×32 video, 1×16×32×32 mel frames (hop 50), six 8×8 planes.
@@ -154,54 +166,125 @@ def get_config(preset: str = "tiny", **overrides) -> Config:
     return replace(PRESETS[preset], **overrides).check()
 
 
+
+
 # ----------------------------------------------------------------------------- command line
-def settings_block(namespace: dict) -> dict:
-    """A script's settings: its lower-case module globals holding plain values (nanoGPT style)."""
-    return {k: v for k, v in namespace.items() if not k.startswith("_") and k.islower()
-            and isinstance(v, (str, int, float, bool, type(None)))}
+# Each script keeps its settings as plain module-level names with a trailing comment (nanoGPT style):
+#     steps = 50              # denoising steps
+# `settings_of` reads that block (values from the module, help from the comments), `parse_cli`
+# overrides it from `--name value`, typed by each default, and answers `--help` with the table.
+_SETTING_LINE = re.compile(r"^([a-z][a-z0-9_]*)\s*(?::\s*\w+\s*)?=\s*(.+?)\s+#\s?(.*)$")
+_MORE_HELP = re.compile(r"^\s+#\s?(.*)$")
 
 
-def parse_cli(settings: dict, argv: list, aliases: dict = None) -> dict:
-    """Override a script's settings block from `--name value` / `--name=value` / bare `--flag`.
+def _comments(source_file: str, indent: str = "") -> dict:
+    """{name: one-line help} from `name = value  # help` lines (with `indent`) and their continuation
+    comment lines, in file order."""
+    helps, last = {}, None
+    with open(source_file, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            m = _SETTING_LINE.match(line[len(indent):]) if line.startswith(indent) else None
+            if m and not line[len(indent)].isspace():
+                last = m.group(1)
+                helps[last] = m.group(3).strip()
+            elif last and _MORE_HELP.match(line) and "=" not in line.split("#")[0]:
+                helps[last] += " " + _MORE_HELP.match(line).group(1).strip()
+            else:
+                last = None
+    return helps
 
-    Each value is parsed as the type of its default (a None default takes an int, a float or a
-    string, whichever reads first). An unknown name is an error that lists the known ones, so a
-    typo never trains silently with a default. `aliases` maps CLI spellings to setting names (for
-    names Python reserves, like `--class`).
+
+def settings_of(namespace: dict, source_file: str) -> dict:
+    """A script's settings: {name: (default, help)} for every commented module-level plain value."""
+    helps = _comments(source_file)
+    return {k: (namespace[k], h) for k, h in helps.items()
+            if k in namespace and isinstance(namespace[k], (str, int, float, bool, tuple))}
+
+
+def config_fields() -> dict:
+    """Every Config field as a setting: {name: (the tiny preset's value, help from this file)}."""
+    helps = _comments(__file__, indent="    ")
+    tiny = PRESETS["tiny"]
+    return {f.name: (getattr(tiny, f.name), helps.get(f.name, "")) for f in fields(Config)}
+
+
+def parse_cli(argv: list, settings: dict, *, doc: str = "", fields: dict = None, aliases: dict = None):
+    """Override settings from `--name value`, `--name=value` or a bare boolean `--flag`.
+
+    settings: {name: (default, help)} (settings_of); fields: Config fields that may be overridden too
+    (config_fields), returned apart. → (values {name: value}, overrides {field: value given}).
+    Each value is parsed as its default's type; a bad value or an unknown name exits with one line
+    that names the setting. `--help` prints every setting with its default and help, then exits.
+    `aliases` maps command-line spellings to setting names (`--class` for `class_label`).
     """
-    aliases = aliases or {}
-    out, i = dict(settings), 0
+    fields, aliases = fields or {}, aliases or {}
+    if "--help" in argv or "-h" in argv:
+        print(help_text(settings, fields, doc, aliases))
+        raise SystemExit(0)
+    values, overrides, i = {k: d for k, (d, _) in settings.items()}, {}, 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
-            raise SystemExit(f"unexpected argument {arg!r}: settings are given as --name value")
-        name, _, value = arg[2:].partition("=")
+            raise SystemExit(f"unexpected argument {arg!r}: settings are given as --name value (see --help)")
+        name, has_value, value = arg[2:].partition("=")
         name = aliases.get(name, name)
-        if name not in settings:
-            raise SystemExit(f"unknown setting --{name}; known: {', '.join('--' + k for k in sorted(settings))}")
-        default = settings[name]
-        if not value:  # value in the next word, unless this is a bare boolean flag
+        known = settings if name in settings else fields if name in fields else None
+        if known is None:
+            raise SystemExit(f"unknown setting --{name} (see --help for the list)")
+        default = known[name][0]
+        if not has_value:  # the value is the next word, unless this is a bare boolean flag
             if isinstance(default, bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
                 value = "true"
             elif i + 1 < len(argv):
                 i, value = i + 1, argv[i + 1]
             else:
                 raise SystemExit(f"--{name} needs a value")
-        out[name] = _parse_value(name, value, default)
+        (values if known is settings else overrides)[name] = parse_value(name, value, default)
         i += 1
-    return out
+    return values, overrides
 
 
-def _parse_value(name, value: str, default):
-    if isinstance(default, bool):
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise SystemExit(f"--{name} takes true or false, not {value!r}")
-        return value.lower() in ("true", "1", "yes")
-    if isinstance(default, tuple):
-        return tuple(int(v) for v in value.split(","))
-    for kind in ((type(default),) if default is not None else (int, float, str)):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    raise SystemExit(f"--{name} expects {type(default).__name__}, got {value!r}")
+def parse_value(name: str, value: str, default):
+    """`value` as the type of `default`, or a one-line exit naming `--name`."""
+    kind = type(default)
+    try:
+        if kind is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return value.lower() in ("true", "1", "yes")
+        if kind is tuple:
+            item = type(default[0]) if default else int
+            return tuple(item(v) for v in value.split(","))
+        if kind is float:
+            return float(value)
+        return kind(value)
+    except ValueError:
+        shown = "true or false" if kind is bool else (
+            f"comma-separated {type(default[0]).__name__}s, like {','.join(map(str, default))}"
+            if kind is tuple else f"a{'n' if kind is int else ''} {kind.__name__}")
+        raise SystemExit(f"--{name} takes {shown}, not {value!r}") from None
+
+
+def help_text(settings: dict, fields: dict, doc: str, aliases: dict) -> str:
+    """The `--help` page: the script's docstring, then one line per setting: name, default, help."""
+    spelled = {v: k for k, v in aliases.items()}
+    show = lambda d: ",".join(map(str, d)) if isinstance(d, tuple) else repr(d) if isinstance(d, str) else str(d)
+
+    def rows(table):
+        names = [f"--{spelled.get(k, k)}" for k in table]
+        width = max(map(len, names), default=0)
+        dwidth = max((len(show(d)) for d, _ in table.values()), default=0)
+        return [f"  {n:<{width}}  {show(d):<{dwidth}}  {h}" for n, (d, h) in zip(names, table.values())]
+
+    lines = [doc.strip(), "", "settings (--name value; default, then what it does):"] + rows(settings)
+    if fields:
+        lines += ["", "model and data sizes (any field of config.Config; defaults shown for the tiny preset):"]
+        lines += rows(fields)
+    return "\n".join(lines)
+
+
+def need(ok: bool, message: str) -> None:
+    """Exit with `message` (one line, naming the setting) unless ok: a script's check of its values."""
+    if not ok:
+        raise SystemExit(message)

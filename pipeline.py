@@ -6,10 +6,11 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
     cannot run code), and refused with a message that says what to run when they do not fit;
   - `load_models`: MDSA + the STDiT's EMA weights + the latent scale, rebuilt from the configs the
     checkpoints carry;
-  - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, or zero-shot A2V / V2A
-    by replacing the known planes at every step and guiding the rest towards them [ours, after
-    MM-Diffusion]), undo the latent scale, unstack the six planes, decode them with MDSA (§3) and
-    invert the mel frames to a waveform (§2).
+  - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, or A2V / V2A from a
+    given clip: natively, with the given modality's planes clean, or by MM-Diffusion's replacement
+    trick with reconstruction guidance [ours]), undo the latent scale, unstack the six planes,
+    decode them with MDSA (§3) and invert the mel frames to a waveform (§2);
+  - `pick_device` and the precision switch the scripts share.
 """
 import functools
 import os
@@ -19,23 +20,38 @@ from dataclasses import dataclass
 import torch
 
 from autoencoder import MDSA
-from config import Config
-from data import frames_to_wave, wave_to_frames
+from audio import frames_to_wave, wave_to_frames
+from config import DIT_FIELDS, Config
 from diffusion import Diffusion
-from model import STDiT, stack_planes, unstack_planes
+from model import VIDEO_PLANES, STDiT, stack_planes, unstack_planes
 
-# Fields that only the denoiser reads: the DiT stage may change these on top of the AE's config.
-DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
-              "class_dropout", "diffusion_steps", "schedule", "prediction")
+# ----------------------------------------------------------------------------- device and precision
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"; anything this machine does
+    not have is refused with a one-line message naming --device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r}: not a device name (auto, cpu, cuda or cuda:K)") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise SystemExit(f"--device {name}: this machine has no CUDA device")
+        if dev.index is not None and dev.index >= count:
+            raise SystemExit(f"--device {name}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    elif dev.type != "cpu":
+        raise SystemExit(f"--device {name}: only cpu and cuda are supported")
+    return dev
 
 
-# ----------------------------------------------------------------------------- precision
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_is_fast() -> bool:
     """Whether this CPU multiplies bf16 matrices at least twice as fast as fp32 (~20 ms to find out).
 
-    CPUs with AVX512-BF16 or AMX do (4.7× on the 2-core EPYC of BENCHMARKS.md); most laptops do
-    not, and there bf16 would only add rounding. Best of 5 so a busy moment cannot decide it."""
+    CPUs with AVX512-BF16 or AMX do (BENCHMARKS.md); most laptops do not, and there bf16 would
+    only add rounding. Best of 5 so a busy moment cannot decide it."""
     def best(dtype):
         a = torch.randn(512, 512).to(dtype)
         times = []
@@ -129,24 +145,38 @@ def load_models(out_dir: str = "out", device="cpu") -> Models:
 
 
 # ----------------------------------------------------------------------------- generation
-VIDEO_PLANES = torch.tensor([True, True, True, False, False, False])  # v_hw, v_th, v_tw | a_hw, a_th, a_tw
+CONDITIONINGS = ("auto", "native", "replace")
+
+
+def conditioning_for(cfg: Config, conditioning: str) -> str:
+    """"auto" → "native" for a denoiser trained with one modality clean (cfg.mix_clean > 0), else
+    "replace" (a denoiser trained on equal noise levels only never saw clean planes)."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
+    if conditioning == "auto":
+        return "native" if cfg.mix_clean > 0 else "replace"
+    return conditioning
 
 
 @torch.no_grad()
 def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wave=None, label=None,
              cfg_scale: float = 1.0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-             guidance: float = 0.0, generator=None, progress: bool = False):
+             conditioning: str = "auto", guidance: float = 0.0, xmodal_cfg: float = 1.0, grid: str = "time",
+             generator=None, progress: bool = False):
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
-    `guidance` is the reconstruction-guidance weight of a2v / v2a (Diffusion.sample); joint ignores it.
+    conditioning  how a2v / v2a hold the given planes (Diffusion.sample): "native" (clean, at t = 0,
+                  with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
+                  reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint ignores them.
+    generator     the one source of randomness: the same seed gives the same clips.
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
     """
     cfg, dev = m.cfg, next(m.dit.parameters()).device
     L, c = cfg.latent_size, cfg.latent_channels
-    shape = (n, c, 6, L, L)
+    shape = (n, c, len(VIDEO_PLANES), L, L)
     known = known_mask = None
     if mode in ("a2v", "v2a"):
         given = cond_wave if mode == "a2v" else cond_video
@@ -173,8 +203,12 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
     elif label is not None:
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
+    how = conditioning_for(cfg, conditioning)
     z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, eta=eta, y=y, cfg_scale=cfg_scale,
-                           known=known, known_mask=known_mask, guidance=guidance, noise=noise, progress=progress)
+                           known=known, known_mask=known_mask, conditioning=how, grid=grid,
+                           guidance=guidance if how == "replace" else 0.0,     # each scale belongs to one way
+                           xmodal_cfg=xmodal_cfg if how == "native" else 1.0,
+                           noise=noise, generator=generator, progress=progress)
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
     wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)

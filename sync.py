@@ -281,8 +281,9 @@ def calibration(cfg, n=50, seed=0, shifts_s=(0.040, -0.070), roundtrip_n=16) -> 
     "shift_+40ms", ..., "mel_roundtrip"}, each a sync_metrics dict. Shuffled pairs the video of
     clip i with the audio of clip i+1 (i ≠ j, so chance level). The round trip scores the first
     `roundtrip_n` clips (0: skip it)."""
-    import data
-    ds = data.BounceClick(cfg, size=n, seed=seed, num_discs=1)
+    from audio import frames_to_wave, wave_to_frames   # imported here: the detectors need neither
+    from data import BounceClick
+    ds = BounceClick(cfg, size=n, seed=seed, num_discs=1)
     clips = [ds.render(i)[:2] for i in range(n)]
     sr, fps = cfg.sample_rate, cfg.fps
     out = {"real": sync_metrics(clips, fps, sr),
@@ -290,10 +291,10 @@ def calibration(cfg, n=50, seed=0, shifts_s=(0.040, -0.070), roundtrip_n=16) -> 
     for s in shifts_s:
         out[f"shift_{1000 * s:+.0f}ms"] = sync_metrics(
             [(v, shift_wave(w, s, sr)) for v, w in clips], fps, sr)
-    if roundtrip_n and hasattr(data, "wave_to_frames") and hasattr(data, "frames_to_wave"):
+    if roundtrip_n:
         # the audio projection's round trip (Griffin-Lim is the slow part: one batch, first clips)
         waves = torch.stack([torch.as_tensor(w) for _, w in clips[:roundtrip_n]])
-        rebuilt = data.frames_to_wave(data.wave_to_frames(waves, cfg), cfg).numpy()
+        rebuilt = frames_to_wave(wave_to_frames(waves, cfg), cfg).numpy()
         out["mel_roundtrip"] = sync_metrics(
             [(v, w) for (v, _), w in zip(clips, rebuilt)], fps, sr)
     return out
