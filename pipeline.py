@@ -169,7 +169,8 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
     conditioning  how a2v / v2a hold the given planes (Diffusion.sample): "native" (clean, at t = 0,
                   with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
-                  reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint ignores them.
+                  reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint sampling
+                  uses `xmodal_cfg` too: each modality guided by the other (Diffusion.joint_xmodal_eps).
     generator     the one source of randomness: the same seed gives the same clips.
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
@@ -207,7 +208,7 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
     z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, eta=eta, y=y, cfg_scale=cfg_scale,
                            known=known, known_mask=known_mask, conditioning=how, grid=grid,
                            guidance=guidance if how == "replace" else 0.0,     # each scale belongs to one way
-                           xmodal_cfg=xmodal_cfg if how == "native" else 1.0,
+                           xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0,
                            noise=noise, generator=generator, progress=progress)
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
