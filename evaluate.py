@@ -10,42 +10,30 @@ Evaluation for ProAV-DiT: audio-video sync on BounceClick (PAPER.md §8) and FVD
 Writes out/eval.json (every number with its protocol), out/report.html (+ out/report/: the clips,
 their sync timelines, the training curves; report.py) and prints a summary. `--help` lists the settings.
 
-The file, top to bottom:
-1. Distribution metrics with a user-supplied network (§7) [ours: the recipe; paper: FVD, KVD, FAD]
-     frechet_distance  ‖μa−μb‖² + tr Σa + tr Σb − 2 tr((Σa^½ Σb Σa^½)^½), float64, symmetric
-                       eigendecompositions only (no scipy)
-     kernel_distance   unbiased MMD² with the cubic polynomial kernel (xᵀy/d + 1)³, averaged over
-                       random subsets as KID does
-     FeatureNet        a TorchScript file the user supplies (I3D for video, an audio embedding
-                       network for audio); its SHA-256 goes into every result
-     distribution_metrics  both sets read once, every network fed the same batch: what the
-                       command line and the tests both run
-   The weights cannot be downloaded here: a missing file is a clear error that names the flag, and
-   in the results the metric is `null` with a "reason", never 0.
-2. The parts, one function each over one shared `Context`: eval_ae (PSNR per modality, log-spectral
+FVD / KVD / FAD come from metrics.py: a user-supplied feature network, and `null` with the reason
+when there is none, never 0. The file, top to bottom:
+1. The parts, one function each over one shared `Context`: eval_ae (PSNR per modality, log-spectral
    distance of the inverted audio, sync of the reconstructions), eval_gen (joint samples),
    eval_zero_shot (A2V / V2A from held-out clips), eval_xmodal (does the denoiser read the other
    modality: ε-MSE with matched vs shuffled partner planes), eval_fvd. Every sync figure stands
    beside the same metrics on n real held-out pairs (the ceiling) and shuffled real pairs (chance).
    A part that cannot run raises `NotRun`, and its entry is {"value": null, "reason": ...}.
-3. main and the printed summary.
+2. main and the printed summary.
 """
-import hashlib
 import json
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from audio import frames_to_wave, log_spectral_distance
 from autoencoder import MDSA
 from config import PRESETS, Config, get_config, need, parse_cli, settings_of
 from data import VIDEO_EXTENSIONS, BounceClick, VideoFolder, load_clip
-from diffusion import SAMPLERS
+from diffusion import DEFAULT_STEPS, SAMPLERS
+from metrics import FLAGS, distribution_metrics, file_sha256, load_networks
 from model import VIDEO_PLANES, stack_planes
 from pipeline import (CONDITIONINGS, autocast, conditioning_for, generate, load_checkpoint, load_models,
                       load_weights, pick_device)
@@ -54,194 +42,7 @@ from sync import sync_metrics
 
 
 # =============================================================================================
-# 1. Distribution metrics (§7)
-# =============================================================================================
-# ---------------------------------------------------------------------------------------------
-# Fréchet distance and kernel distance (FVD / FAD, KVD)
-# ---------------------------------------------------------------------------------------------
-def _as_f64(x) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    assert x.ndim == 2, f"features must be n×D (clips × feature width), got {tuple(x.shape)}"
-    return x.detach().to("cpu", torch.float64)
-
-
-def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric PSD matrix by eigh; tiny negative eigenvalues (round-off) -> 0."""
-    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
-    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
-
-
-def frechet_distance(feats_a, feats_b) -> float:
-    """Fréchet distance between Gaussians fitted to two n×D feature sets (float64):
-    ‖μa−μb‖² + tr Σa + tr Σb − 2 tr((Σa^½ Σb Σa^½)^½). The inner matrix is symmetric PSD, so its
-    trace root is the sum of the roots of its eigenvalues: eigh twice, no general sqrtm."""
-    a, b = _as_f64(feats_a), _as_f64(feats_b)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    root_a = _sqrtm_psd(cov_a)
-    inner = root_a @ cov_b @ root_a
-    tr_cross = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * tr_cross)
-
-
-def _mmd2_unbiased(x, y) -> float:
-    """Unbiased MMD² with k(x, y) = (xᵀy/d + 1)³: the diagonals k(x_i, x_i) are left out."""
-    d = x.shape[1]
-    kern = lambda p, q: (p @ q.T / d + 1) ** 3
-    kxx, kyy, kxy = kern(x, x), kern(y, y), kern(x, y)
-    m, n = len(x), len(y)
-    return float((kxx.sum() - kxx.diag().sum()) / (m * (m - 1))
-                 + (kyy.sum() - kyy.diag().sum()) / (n * (n - 1)) - 2 * kxy.mean())
-
-
-def kernel_distance(feats_a, feats_b, subset_size=1000, num_subsets=100, seed=0) -> float:
-    """KVD / KID: unbiased MMD² with the cubic polynomial kernel, averaged over `num_subsets` random
-    subsets of `subset_size` from each set (KID's recipe [ours]; bounds the O(N²) kernel matrix).
-    When both sets are no larger than `subset_size`, it is one MMD² over everything. Unbiased, so
-    it can be slightly negative for two samples of one distribution. Reported raw (not ×1000):
-    check a table's scaling before comparing."""
-    a, b = _as_f64(feats_a), _as_f64(feats_b)
-    assert len(a) > 1 and len(b) > 1, "kernel_distance needs at least two samples per set"
-    if len(a) <= subset_size and len(b) <= subset_size:
-        return _mmd2_unbiased(a, b)
-    m = min(subset_size, len(a), len(b))
-    gen = torch.Generator().manual_seed(seed)
-    return float(np.mean([_mmd2_unbiased(a[torch.randperm(len(a), generator=gen)[:m]],
-                                         b[torch.randperm(len(b), generator=gen)[:m]])
-                          for _ in range(num_subsets)]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Feature networks (user-supplied TorchScript) and the results protocol
-# ---------------------------------------------------------------------------------------------
-FLAGS = {"video": "--i3d", "audio": "--audio_net"}   # the CLI flag that supplies each network
-
-
-class FeatureNetMissing(FileNotFoundError):
-    """The feature network file was not given or does not exist (it cannot be downloaded here)."""
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class FeatureNet:
-    """A feature network loaded from a TorchScript file (`torch.jit.save` of a scripted or traced
-    module), or a `torch.export.save` file ending in .pt2 [ours: the contract below is what this
-    project asks the file to honour].
-
-      kind="video" (FVD, KVD; e.g. I3D): input B×3×T×224×224 float in [-1, 1], RGB, T frames as
-        given (16 here); we resize each frame bilinearly (antialiased) from S×S to 224×224.
-      kind="audio" (FAD; e.g. a VGGish-style embedding wrapped to take raw audio): input B×N float
-        waveform at 16 kHz (N = 25,600 for 1.6 s); we only squeeze a channel axis of 1.
-      Output: B×D features (a network returning more axes is an error, not silently pooled).
-    `sha256` identifies the file in every result."""
-
-    def __init__(self, path, kind, device="cpu"):
-        assert kind in FLAGS, f"kind must be one of {list(FLAGS)}, got {kind!r}"
-        if path is None or not os.path.isfile(path):
-            what = "no file given" if path is None else f"file not found: {path}"
-            raise FeatureNetMissing(f"{kind} feature network: {what}. The weights cannot be "
-                                    f"downloaded here; pass a TorchScript file with {FLAGS[kind]} PATH")
-        self.path, self.kind, self.device = str(path), kind, device
-        self.sha256 = file_sha256(path)
-        if str(path).endswith(".pt2"):              # torch.export's format, TorchScript's successor
-            self.net = torch.export.load(str(path)).module().to(device)
-        else:
-            with warnings.catch_warnings():          # torch ≥ 2.10 flags TorchScript as deprecated
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self.net = torch.jit.load(str(path), map_location=device).eval()
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "video":                     # B×3×T×S×S -> B×3×T×224×224
-            b, c, t, h, w = x.shape
-            frames = x.transpose(1, 2).reshape(b * t, c, h, w).float()
-            if (h, w) != (224, 224):
-                frames = F.interpolate(frames, size=(224, 224), mode="bilinear",
-                                       align_corners=False, antialias=h > 224 or w > 224)
-            return frames.reshape(b, t, c, 224, 224).transpose(1, 2).clamp(-1, 1)
-        return x.reshape(x.shape[0], -1).float() if x.ndim == 3 else x.float()  # B×1×N -> B×N
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.net(self.prepare(x).to(self.device))
-        assert feats.ndim == 2 and len(feats) == len(x), \
-            f"{self.path}: expected B×D features for a batch of {len(x)}, got {tuple(feats.shape)}"
-        return feats.double().cpu()
-
-    def embed(self, clips, batch_size=8) -> torch.Tensor:
-        """Iterable of single clips (3×T×S×S or (N,)) -> n×D float64 features, in batches."""
-        out, batch = [], []
-        for clip in clips:
-            batch.append(torch.as_tensor(clip))
-            if len(batch) == batch_size:
-                out.append(self(torch.stack(batch))), batch.clear()
-        if batch:
-            out.append(self(torch.stack(batch)))
-        return torch.cat(out)
-
-
-def protocol(cfg, n_real, n_generated, split, kind=None, net=None) -> dict:
-    """What every FVD / KVD / FAD number must state (§7): sample counts, split, frames, fps,
-    resolution, sample rate, the feature network file and its SHA-256."""
-    return dict(n_real=n_real, n_generated=n_generated, split=split, frames=cfg.frames, fps=cfg.fps,
-                resolution=cfg.image_size, sample_rate=cfg.sample_rate, network_kind=kind,
-                network_file=net.path if net is not None else None,
-                network_sha256=net.sha256 if net is not None else None)
-
-
-def metric_entries(kind, real, fake, proto, reason=None) -> dict:
-    """{"fvd", "kvd"} (kind "video") or {"fad"} (kind "audio") from n×D features, each a JSON-ready
-    {"value", "reason", "protocol"}; with a reason the value is None, never 0."""
-    names = ["fvd", "kvd"] if kind == "video" else ["fad"]
-    score = {"fvd": frechet_distance, "fad": frechet_distance, "kvd": kernel_distance}
-    return {name: dict(value=None if reason else score[name](real, fake), reason=reason, protocol=proto)
-            for name in names}
-
-
-def load_networks(paths: dict, device="cpu") -> dict:
-    """{"video": path or None, "audio": ...} → {kind: FeatureNet, or the reason it is missing (a str)}."""
-    nets = {}
-    for kind, path in paths.items():
-        try:
-            nets[kind] = FeatureNet(path, kind, device)
-        except FeatureNetMissing as e:
-            nets[kind] = str(e)
-    return nets
-
-
-def distribution_metrics(nets: dict, real_batches, generated_batches, cfg, split, reason=None) -> dict:
-    """FVD + KVD (a "video" network) and FAD (an "audio" network) of two sets of clips.
-
-    nets: {kind: FeatureNet, or the reason it is missing}, as load_networks gives.
-    real_batches, generated_batches: iterables of (video B×3×T×S×S, wave B×N) batches; each set is
-    read ONCE, every loaded network embedding the same batch, so a generated clip is made once.
-    reason: why the generated set cannot be had (then no set is read).
-    → {"fvd", "kvd", "fad"} (the kinds given), each {"value", "reason", "protocol"}; a missing
-    network or set gives value None with the reason, never 0."""
-    loaded = {kind: net for kind, net in nets.items() if not isinstance(net, str)}
-    feats = {}
-    if loaded and reason is None:
-        for name, batches in (("real", real_batches), ("generated", generated_batches)):
-            for video, wave in batches:
-                for kind, net in loaded.items():
-                    feats.setdefault((name, kind), []).append(net(video if kind == "video" else wave))
-    out = {}
-    for kind, net in nets.items():
-        why = net if isinstance(net, str) else reason
-        real, fake = (None, None) if why else (torch.cat(feats["real", kind]), torch.cat(feats["generated", kind]))
-        proto = protocol(cfg, None if why else len(real), None if why else len(fake), split, kind,
-                         net=None if isinstance(net, str) else net)
-        out.update(metric_entries(kind, real, fake, proto, why))
-    return out
-
-
-# =============================================================================================
-# 2. The parts over one shared context
+# 1. The parts over one shared context
 # =============================================================================================
 # ----------------------------------------------------------------------------- settings
 what = ""               # parts, comma-separated: ae, gen, a2v, v2a, xmodal, fvd; "" = all of them
@@ -254,12 +55,12 @@ fvd_n = 0               # clips per set for FVD / KVD / FAD; 0 = 2048 (§7) on a
 i3d = ""                # TorchScript video feature network (FVD, KVD); none: null + reason
 audio_net = ""          # TorchScript audio embedding network (FAD); none: null + reason
 sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
-steps = 50              # denoiser calls per clip (timesteps respaced from the 1000 of training)
-eta = 0.0               # DDIM noise (0: deterministic)
+steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
+eta = 1.0               # DDIM noise: 1 = DDPM-like (better sync, README), 0 = deterministic
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 cfg_scale = 1.0         # classifier-free guidance scale; 1 = none
 conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)
-xmodal_cfg = 1.0        # native a2v / v2a: cross-modal guidance scale (1 = none)
+xmodal_cfg = 4.0        # cross-modal guidance scale, joint and native a2v / v2a (1 = none; PAPER.md §5)
 guidance = 16.0         # replace a2v / v2a: reconstruction guidance weight (0 = replacement alone)
 batch_size = 16         # clips per sampling / autoencoder / feature batch
 seed = 0                # the one seed of every generated clip
@@ -573,7 +374,7 @@ RUN = {"ae": eval_ae, "gen": eval_gen, "a2v": lambda ctx: eval_zero_shot(ctx, "a
 
 
 # =============================================================================================
-# 3. The command line
+# 2. The command line
 # =============================================================================================
 def main(argv=None):
     a, _ = parse_cli(sys.argv[1:] if argv is None else argv, SETTINGS, doc=__doc__, aliases={"cfg": "cfg_scale"})
@@ -587,6 +388,7 @@ def main(argv=None):
     need(a["conditioning"] in CONDITIONINGS,
          f"--conditioning must be one of {', '.join(CONDITIONINGS)}, not {a['conditioning']!r}")
     need(a["grid"] in ("time", "logsnr"), f"--grid must be time or logsnr, not {a['grid']!r}")
+    a["steps"] = a["steps"] or DEFAULT_STEPS[a["sampler"]]
     need(1 <= a["steps"] <= 1000, f"--steps must be in 1..1000, not {a['steps']}")
     need(a["preset"] in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, not {a['preset']!r}")
     ctx, results = make_context(a, pick_device(a["device"])), {}

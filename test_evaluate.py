@@ -1,120 +1,18 @@
-"""Tests for evaluate.py: the §7 distribution metrics (closed forms, a stand-in TorchScript network)
-and the command line end to end on toy checkpoints made by train.py."""
+"""Tests for evaluate.py: the command line end to end on toy checkpoints made by train.py, and on a
+folder of mp4 files (the metrics themselves are tested in test_metrics.py)."""
 import json
 import math
 import os
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
 import evaluate as ev
 import train
 from config import get_config
-
-# ---------------------------------------------------------------------------------------------
-# Fréchet and kernel distances: closed forms
-# ---------------------------------------------------------------------------------------------
-def test_frechet_closed_forms():
-    gen = torch.Generator().manual_seed(0)
-    d, n = 8, 20000
-    a = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    a = a - a.mean(0)                                      # so that scaling a moves only Σ
-    b = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    mu, s = torch.linspace(-1, 1, d, dtype=torch.float64), 2.0
-    trace = float(torch.cov(a.T).trace())
-    # exact, on transformed copies of one sample: a shift moves only the means, a scale only Σ
-    assert abs(ev.frechet_distance(a, a)) < 1e-8
-    assert abs(ev.frechet_distance(a, a + mu) - float(mu.pow(2).sum())) < 1e-8
-    assert abs(ev.frechet_distance(a, s * a) - (1 - s) ** 2 * trace) < 1e-8
-    # independent samples: N(0,I) vs N(μ,I) -> ‖μ‖², N(0,I) vs N(0,s²I) -> d(1-s)², up to sampling
-    # error (the cross term 2μ·δ of the means has std ≈ 2‖μ‖·√(2/n) ≈ 0.04 here)
-    assert abs(ev.frechet_distance(a, b + mu) - float(mu.pow(2).sum())) < 0.15
-    assert abs(ev.frechet_distance(a, s * b) - d * (1 - s) ** 2) < 0.15
-    # rank-deficient covariance (fewer samples than dimensions) must not produce NaN
-    assert math.isfinite(ev.frechet_distance(a[:5].numpy(), b[:5].numpy() @ np.ones((d, d))))
-
-
-def test_kernel_distance():
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(400, 6, generator=gen), torch.randn(400, 6, generator=gen)
-    same = ev.kernel_distance(a, b)
-    assert abs(same) < 0.05                                  # unbiased: ≈ 0, may be < 0
-    shifted = ev.kernel_distance(a, b + 1.0)
-    assert shifted > 10 * max(abs(same), 1e-3)
-    subsets = ev.kernel_distance(a, b + 1.0, subset_size=100, num_subsets=20)   # the KID recipe
-    assert abs(subsets - shifted) / shifted < 0.3
-
-
-# ---------------------------------------------------------------------------------------------
-# FeatureNet: a stand-in TorchScript network, missing files, null results
-# ---------------------------------------------------------------------------------------------
-class TinyVideoNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv3d(3, 8, kernel_size=(1, 8, 8), stride=(1, 8, 8))
-
-    def forward(self, x):                                    # B×3×T×224×224 -> B×8
-        return self.conv(x).mean(dim=(2, 3, 4))
-
-
-@pytest.fixture
-def tiny_net_file(tmp_path):
-    torch.manual_seed(0)
-    path = tmp_path / "tiny_i3d.pt"
-    with warnings.catch_warnings():                          # torch ≥ 2.10 flags TorchScript deprecated
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(TinyVideoNet()), str(path))
-    return path
-
-
-def test_feature_net_video(tiny_net_file):
-    net = ev.FeatureNet(tiny_net_file, "video")
-    assert len(net.sha256) == 64 and net.sha256 == ev.file_sha256(tiny_net_file)
-    clips = [torch.rand(3, 4, 16, 16) * 2 - 1 for _ in range(6)]
-    feats = net.embed(clips, batch_size=4)
-    assert feats.shape == (6, 8) and feats.dtype == torch.float64
-    assert abs(ev.frechet_distance(feats, feats)) < 1e-8
-
-
-def test_feature_net_exported_pt2(tmp_path):
-    path = tmp_path / "tiny_i3d.pt2"
-    torch.export.save(torch.export.export(TinyVideoNet(), (torch.zeros(2, 3, 4, 224, 224),)), str(path))
-    feats = ev.FeatureNet(path, "video")(torch.zeros(2, 3, 4, 16, 16))
-    assert feats.shape == (2, 8)
-
-
-def test_feature_net_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--i3d PATH"):
-        ev.FeatureNet(tmp_path / "nope.pt", "video")
-    with pytest.raises(FileNotFoundError, match="--audio_net PATH"):
-        ev.FeatureNet(None, "audio")
-
-
-def test_distribution_metrics_json(tiny_net_file, tmp_path):
-    """The function the command line runs: both sets read once, every loaded network fed."""
-    cfg = get_config("tiny")
-    video = torch.rand(6, 3, 4, 16, 16) * 2 - 1
-    batches = lambda: [(video[:4], torch.zeros(4, 100)), (video[4:], torch.zeros(2, 100))]
-    missing = ev.distribution_metrics(ev.load_networks({"video": str(tmp_path / "nope.pt"), "audio": None}),
-                                      batches(), batches(), cfg, "test")
-    assert set(missing) == {"fvd", "kvd", "fad"}
-    for name in ("fvd", "kvd"):
-        assert missing[name]["value"] is None and "--i3d" in missing[name]["reason"]
-    assert missing["fad"]["value"] is None and "--audio_net" in missing["fad"]["reason"]
-    nets = ev.load_networks({"video": str(tiny_net_file)})
-    ok = ev.distribution_metrics(nets, batches(), batches(), cfg, "test split")
-    assert abs(ok["fvd"]["value"]) < 1e-6 and ok["fvd"]["reason"] is None
-    proto = ok["fvd"]["protocol"]
-    assert proto["network_sha256"] == ev.file_sha256(tiny_net_file) and proto["n_real"] == 6
-    assert (proto["frames"], proto["fps"], proto["resolution"], proto["sample_rate"]) == (16, 10, 32, 16000)
-    assert json.loads(json.dumps(ok))["kvd"]["value"] == ok["kvd"]["value"]
-    far = ev.distribution_metrics(nets, batches(), [(torch.full_like(video, 0.9), torch.zeros(6, 100))], cfg, "test")
-    assert far["fvd"]["value"] > 1e-3 and far["fvd"]["protocol"]["n_generated"] == 6
-    no_set = ev.distribution_metrics(nets, batches(), batches(), cfg, "test", reason="no dit.pt")
-    assert no_set["fvd"]["value"] is None and no_set["fvd"]["reason"] == "no dit.pt"
-
+from metrics import file_sha256
+from test_metrics import TinyVideoNet
 
 # ---------------------------------------------------------------------------------------------
 # the CLI end to end: a toy out_dir made by train.py, and a folder of mp4 files
@@ -167,10 +65,10 @@ def test_cli_protocol(toy_eval, toy_out, nets):
     assert "seed 1000" in p["split"] and p["sync_tolerance_ms"] == 100.0
     for stage in ("ae", "dit"):
         ck = p["checkpoints"][stage]
-        assert ck["step"] == 2 and ck["reason"] is None and ck["sha256"] == ev.file_sha256(f"{toy_out}/{stage}.pt")
+        assert ck["step"] == 2 and ck["reason"] is None and ck["sha256"] == file_sha256(f"{toy_out}/{stage}.pt")
     g = p["generation"]
-    assert (g["source"], g["sampler"], g["steps"], g["eta"]) == ("sampled", "ddim", 2, 0.0)
-    assert p["networks"]["video"]["sha256"] == ev.file_sha256(nets["video"])
+    assert (g["source"], g["sampler"], g["steps"], g["eta"]) == ("sampled", "ddim", 2, 1.0)
+    assert p["networks"]["video"]["sha256"] == file_sha256(nets["video"])
     assert p["networks"]["audio"]["sha256"] is None and "--audio_net" in p["networks"]["audio"]["reason"]
 
 
@@ -199,7 +97,7 @@ def test_cli_fvd_values_and_missing_network(toy_eval, nets):
         e = fvd[name]
         assert e["reason"] is None and math.isfinite(e["value"])
         assert (e["protocol"]["n_real"], e["protocol"]["n_generated"]) == (3, 3)
-        assert e["protocol"]["network_sha256"] == ev.file_sha256(nets["video"])
+        assert e["protocol"]["network_sha256"] == file_sha256(nets["video"])
     assert fvd["fvd"]["value"] > 0                         # untrained samples are far from real clips
     assert fvd["fad"]["value"] is None and "--audio_net" in fvd["fad"]["reason"]   # null, never 0
     assert fvd["n_requested"] == 3 and "2048" in fvd["note"]
