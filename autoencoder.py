@@ -71,7 +71,8 @@ class Upsample2d(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:   # training: interpolate's backward is fast
             return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         # inference (decoding samples): nearest ×2 as a broadcast + reshape, the same values as
-        # F.interpolate, 2-2.5× faster on CPU; its backward (a strided sum) is the slow one, hence the branch
+        # F.interpolate and faster on CPU (BENCHMARKS.md); its backward (a strided sum) is the slow
+        # one, hence the branch
         n, c, h, w = x.shape
         return self.conv(x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w))
 

@@ -2,8 +2,9 @@
 What ProAV-DiT costs: parameters, FLOPs, speed, memory (PAPER.md §6).
 
   python bench.py                        # CPU: FLOPs of both presets, timed steps at tiny
-  python bench.py --device cuda          # GPU: bf16 autocast, fused attention, timed steps at both presets
-  python bench.py --device cuda --compile true
+  python bench.py --device cuda          # GPU: bf16 autocast, fused attention, timed steps at both presets,
+                                         # then the flash-attention check and the compiled sampling forward
+  python bench.py --device cuda --compile true   # the training steps compiled too
 
 Prints markdown tables (and writes them to out_dir/bench.md). No pass/fail: numbers only.
 `python bench.py --help` lists the settings.
@@ -15,6 +16,8 @@ Prints markdown tables (and writes them to out_dir/bench.md). No pass/fail: numb
     modalities (`model.unprojected_stdit`).
   - Achieved FLOP/s of a training step is reported against a matrix product's FLOP/s measured in the
     same process and the same precision as the steps: the model FLOPs utilisation, MFU.
+  - Sampling cost per clip is counted for each sampler at its default step count, beside
+    MM-Diffusion's (MM_DIFFUSION_TFLOPS, counted the same way on its released code).
 """
 import os
 import platform
@@ -27,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoencoder import MDSA
 from audio import frames_to_wave
 from config import PRESETS, get_config, need, parse_cli, settings_of
-from diffusion import Diffusion
+from diffusion import DEFAULT_STEPS, SAMPLERS, Diffusion
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
 from pipeline import autocast, pick_device, use_bf16
 
@@ -39,7 +42,6 @@ presets = "tiny,paper"  # presets whose FLOPs are counted
 timed = ""              # presets whose steps are timed; "" = tiny on CPU, tiny and paper on GPU
 ae_batch = 0            # clips per timed AE step; 0 = 8 at tiny, 4 at paper
 dit_batch = 0           # clips per timed DiT step; 0 = 32 at tiny, 16 at paper
-sample_steps = 50       # DDIM steps for the sampling measurements
 repeats = 5             # timed repetitions (median reported)
 out_dir = "out"         # the markdown tables are written to out_dir/bench.md
 
@@ -54,7 +56,7 @@ def flops_of(fn) -> int:
     return counter.get_total_flops()
 
 
-def count(cfg, sample_steps: int) -> dict:
+def count(cfg) -> dict:
     """Parameters and forward GFLOPs per clip of every part at one preset, on the meta device."""
     c, L, T = cfg.latent_channels, cfg.latent_size, cfg.frames
     with torch.device("meta"):
@@ -73,9 +75,34 @@ def count(cfg, sample_steps: int) -> dict:
              "dit_unprojected": flops_of(lambda: flat(zf, t)),
              "tokens": z6.shape[2] * (L // cfg.patch) ** 2,
              "tokens_unprojected": zf.shape[2] * (L // cfg.patch) ** 2}
-    # DDIM-K sampling of one clip = K denoiser calls + one decode (Griffin-Lim is FFTs, not counted).
-    r["sample"] = sample_steps * r["dit"] + r["ae_decode"]
     return r
+
+
+# MM-Diffusion (Ruan et al. 2023), the open sounding-video model on the same benchmarks, at its
+# shipped settings: a 64² base U-Net (16×64² video + 25,600 audio samples) sampled with DPM-Solver in
+# 20 steps, 1,328.8 GFLOPs a forward, then a 64→256 super-resolution U-Net sampled with DDIM-25,
+# 20,212.6 GFLOPs a forward over 16 frames. Both counted with FlopCounterMode on its released model
+# code (BENCHMARKS.md): 20·1,328.8 + 25·20,212.6 GFLOPs = 531.9 TFLOPs per clip.
+MM_DIFFUSION_TFLOPS = 531.9
+
+
+def sampler_table(presets) -> str:
+    """TFLOPs per clip of each sampler at its default step count (denoiser calls + one decode),
+    beside MM-Diffusion's cost per clip at the `paper` size."""
+    rows = []
+    for p in presets:
+        r = count(get_config(p))
+        k = DEFAULT_STEPS["dpm++"]
+        guided = [(f"dpm++-{k}, A2V/V2A with cross-modal guidance", 2 * k), (f"dpm++-{k}, joint with cross-modal guidance", 3 * k)]
+        for label, forwards in [(f"{s}-{DEFAULT_STEPS[s]}", DEFAULT_STEPS[s]) for s in SAMPLERS] + guided:
+            tflops = (forwards * r["dit"] + r["ae_decode"]) / 1e12
+            ratio = f"{MM_DIFFUSION_TFLOPS / tflops:.1f}×" if p == "paper" else ""
+            rows.append((p, label, forwards, f"{tflops:.3f}", ratio))
+    rows.append(("MM-Diffusion (64² base, DPM-Solver-20 + SR DDIM-25)", "", 45, f"{MM_DIFFUSION_TFLOPS:.1f}", "1.0×"))
+    return ("\nTFLOPs per clip by sampler at its default steps (cross-modal guidance batches 2 copies for\n"
+            "A2V/V2A, 3 for joint sampling):\n\n"
+            + table(["preset", "sampler", "denoiser forwards", "TFLOPs per clip (+ decode)",
+                     "MM-Diffusion ÷ this (paper)"], rows))
 
 
 # ----------------------------------------------------------------------------- timing
@@ -104,7 +131,8 @@ def matmul_rate(dev, bf16: bool) -> float:
 
 
 def timed_steps(cfg, dev, a, peak) -> list:
-    """Rows: AE training step, DiT training step, DDIM sampling (with decode + Griffin-Lim)."""
+    """Rows: AE training step, DiT training step, DDIM-50 and DPM-Solver++-20 sampling (with decode
+    + Griffin-Lim)."""
     amp = autocast(dev, a["precision"])
     big = cfg.image_size > 64
     ab, db = a["ae_batch"] or (4 if big else 8), a["dit_batch"] or (16 if big else 32)
@@ -148,20 +176,59 @@ def timed_steps(cfg, dev, a, peak) -> list:
     dit.eval()
 
     @torch.no_grad()
-    def sample(n):
+    def sample(n, sampler):
         with amp:
-            x = diffusion.sample(fwd, (n, *latent_shape(cfg)), steps=a["sample_steps"])
+            x = diffusion.sample(fwd, (n, *latent_shape(cfg)), sampler=sampler, steps=DEFAULT_STEPS[sampler])
             v, au = ae.decode(unstack_planes(x))
         return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
 
-    for n in (1, db):
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        sec = median_time(lambda: sample(n), dev, max(1, a["repeats"] // 2))
-        mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-        rows.append((f"sample DDIM-{a['sample_steps']} + decode + GL", n, f"{sec * 1e3:.0f} ms", f"{n / sec:.2f}",
-                     "", "", f"{mem:.2f}" if mem == mem else "-"))
+    for sampler in ("ddim", "dpm++"):
+        for n in (1, db):
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sec = median_time(lambda: sample(n, sampler), dev, max(1, a["repeats"] // 2))
+            mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+            rows.append((f"sample {sampler}-{DEFAULT_STEPS[sampler]} + decode + GL", n, f"{sec * 1e3:.0f} ms",
+                         f"{n / sec:.2f}", "", "", f"{mem:.2f}" if mem == mem else "-"))
     return rows
+
+
+@torch.no_grad()
+def gpu_sampling_checks(cfg, dev, repeats) -> str:
+    """On a GPU: does the STDiT's attention run the flash kernel (forced, the same numbers)? And the
+    sampling forward alone compiled: compile time and speed-up of one DPM-Solver++ clip."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    torch.manual_seed(0)
+    dit, diffusion = STDiT(cfg).to(dev).eval(), Diffusion.from_config(cfg)
+    for p in dit.parameters():                       # a trained-looking net: adaLN-Zero starts as the identity
+        p.add_(0.02 * torch.randn_like(p))
+    shape, amp = (1, *latent_shape(cfg)), autocast(dev, "bf16")
+    z, t = torch.randn(shape, device=dev), torch.full((1,), 500, device=dev)
+    with amp:
+        free = dit(z, t).float()
+        try:
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                forced = dit(z, t).float()
+            flash = f"runs; max |difference| to the default dispatch {(forced - free).abs().max().item():.2e}"
+        except RuntimeError as e:
+            flash = f"refused: {str(e).splitlines()[0]}"
+
+    def one_clip(model, sampler):
+        with amp:
+            return diffusion.sample(model, shape, sampler=sampler, steps=DEFAULT_STEPS[sampler])
+
+    rows = [("flash attention forced (SDPBackend.FLASH_ATTENTION)", flash)]
+    for sampler in ("ddim", "dpm++"):
+        rows.append((f"one `paper` clip, {sampler}-{DEFAULT_STEPS[sampler]}, eager (denoiser only)",
+                     f"{median_time(lambda: one_clip(dit, sampler), dev, repeats) * 1e3:.0f} ms"))
+    compiled = torch.compile(dit)
+    t0 = time.perf_counter()
+    one_clip(compiled, "dpm++")                      # the first call compiles
+    sync(dev)
+    rows.append(("compile of the sampling forward (first dpm++ clip)", f"{time.perf_counter() - t0:.1f} s"))
+    rows.append((f"one `paper` clip, dpm++-{DEFAULT_STEPS['dpm++']}, compiled",
+                 f"{median_time(lambda: one_clip(compiled, 'dpm++'), dev, repeats) * 1e3:.0f} ms"))
+    return "\nGPU checks at `paper` (bf16 autocast):\n\n" + table(["check", "result"], rows)
 
 
 def table(header, rows) -> str:
@@ -173,8 +240,7 @@ def main(argv):
     a, _ = parse_cli(argv, SETTINGS, doc=__doc__)
     for p in [q for q in (a["presets"] + "," + a["timed"]).split(",") if q]:
         need(p in PRESETS, f"--presets / --timed: unknown preset {p!r}; choose from {', '.join(PRESETS)}")
-    for name in ("sample_steps", "repeats"):
-        need(a[name] >= 1, f"--{name} must be at least 1, not {a[name]}")
+    need(a["repeats"] >= 1, f"--repeats must be at least 1, not {a['repeats']}")
     need(a["ae_batch"] >= 0 and a["dit_batch"] >= 0, "--ae_batch and --dit_batch must be ≥ 0 (0 = by preset)")
     need(a["device"] != "auto", "--device: name the device to measure (cpu, cuda or cuda:K)")
     dev = pick_device(a["device"])
@@ -191,16 +257,18 @@ def main(argv):
     rows = []
     for p in a["presets"].split(","):
         cfg = get_config(p)
-        r = count(cfg, a["sample_steps"])
+        r = count(cfg)
         G = 1e9
         rows.append((p, f"{r['ae_params'] / 1e6:.1f}M", f"{r['dit_params'] / 1e6:.1f}M", f"{r['ae_encode'] / G:.2f}",
                      f"{r['ae_decode'] / G:.2f}", f"{r['tokens']} / {r['tokens_unprojected']}",
                      f"{r['dit'] / G:.2f}", f"{r['dit_unprojected'] / G:.2f}",
-                     f"{r['dit_unprojected'] / r['dit']:.2f}×", f"{r['sample'] / 1e12:.3f}"))
+                     f"{r['dit_unprojected'] / r['dit']:.2f}×"))
     out.append("\nParameters and forward GFLOPs per clip (FlopCounterMode, meta device):\n")
     out.append(table(["preset", "MDSA params", "STDiT params", "AE encode", "AE decode",
-                      "tokens 6-plane / full 3D", "STDiT", "STDiT unprojected", "unprojected ÷ projected",
-                      f"TFLOPs per clip, DDIM-{a['sample_steps']} + decode"], rows))
+                      "tokens 6-plane / full 3D", "STDiT", "STDiT unprojected", "unprojected ÷ projected"],
+                     rows))
+
+    out.append(sampler_table(a["presets"].split(",")))
 
     peak = matmul_rate(dev, bf16)
     out.append(f"\nMatrix product ({'bf16' if bf16 else 'fp32'} {2048 if dev.type == 'cpu' else 8192}³), same process: "
@@ -210,6 +278,8 @@ def main(argv):
         out.append(f"\nTimed at `{p}` (median of {a['repeats']}; FLOPs of forward + backward as executed):\n")
         out.append(table(["what", "batch", "time", "clips/s", "achieved TFLOP/s", "MFU", "peak GiB"],
                          timed_steps(cfg, dev, a, peak)))
+        if dev.type == "cuda" and p == "paper":
+            out.append(gpu_sampling_checks(cfg, dev, a["repeats"]))
     text = "\n".join(out) + "\n"
     print(text)
     os.makedirs(a["out_dir"], exist_ok=True)

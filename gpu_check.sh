@@ -23,8 +23,7 @@ step train_ae 60 torchrun --standalone --nproc_per_node 1 train.py --stage ae --
 step train_dit 90 python3 train.py --stage dit --max_steps 100 --out_dir "$OUT/run" --train_clips 1024 \
   --log_every 50 --preview_every 0 --num_workers 6 --compile true
 step sample 40 python3 sample.py --out_dir "$OUT/run" --n 8
-# 2. Costs and speed at both presets, bf16 eager; then the paper preset compiled.
-step bench 170 python3 bench.py --device cuda --repeats 3 --out "$OUT/bench_gpu.md"
-step bench_compile 120 python3 bench.py --device cuda --compile true --presets paper --timed paper --repeats 3 \
-  --out "$OUT/bench_gpu_compile.md"
-cat "$OUT"/bench_gpu*.md
+# 2. Costs and speed at both presets, bf16 eager; at `paper` also one clip with DPM-Solver++-20 against
+#    DDIM-50, the flash-attention check, and the sampling forward alone compiled (bench.gpu_sampling_checks).
+step bench 300 python3 bench.py --device cuda --repeats 3 --out_dir "$OUT/bench_gpu"
+cat "$OUT"/bench_gpu/bench.md

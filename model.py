@@ -290,9 +290,9 @@ class STDiT(nn.Module):
         self.patch_embed = PatchEmbed(self.channels, width, self.patch)
         # Fixed positions within a plane: non-persistent, rebuilt from cfg (nothing to load).
         self.register_buffer("pos_embed", sincos_2d(self.grid, width), persistent=False)  # Q×D
-        # Which planes take t_v (the rest take t_a); a factory call, so it follows a device context.
-        self.register_buffer("video_planes", torch.tensor([n.startswith("v_") for n in PLANE_NAMES]),
-                             persistent=False)                                           # P bool
+        # Which planes take t_v (the rest take t_a); built by a factory call from VIDEO_PLANES, so it
+        # follows a device context (the meta-device test) and moves with the model.
+        self.register_buffer("video_planes", torch.tensor(VIDEO_PLANES.tolist()), persistent=False)  # P bool
         # Learned per-plane embedding: tells v_hw from a_th etc., since attention is permutation-blind.
         self.frame_embed = nn.Parameter(torch.zeros(num_frames, width))                      # P×D
         self.t_embed = TimestepEmbedder(width)

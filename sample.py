@@ -3,7 +3,7 @@ Sample sounding videos from trained checkpoints (PAPER.md §5).
 
   python sample.py                                     # 8 joint clips, DDIM-50, into out/samples/
   python sample.py --n 16 --sampler ddpm --steps 250   # ancestral sampling, respaced to 250 steps
-  python sample.py --sampler dpm++ --steps 20          # DPM-Solver++(2M): as good in fewer calls
+  python sample.py --sampler dpm++                     # DPM-Solver++(2M): 20 denoiser calls instead of 50
   python sample.py --class 2 --cfg 3.0                 # class-conditional with classifier-free guidance
   python sample.py --mode a2v --cond clip.mp4          # audio-to-video: keep clip.mp4's sound
   python sample.py --mode v2a --cond clip.mp4          # video-to-audio: keep clip.mp4's frames
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from audio import wave_to_frames
 from config import need, parse_cli, settings_of
 from data import load_clip, save_grid, write_mp4, write_wav
-from diffusion import SAMPLERS
+from diffusion import DEFAULT_STEPS, SAMPLERS
 from pipeline import CONDITIONINGS, autocast, generate, load_models, pick_device
 
 # ----------------------------------------------------------------------------- settings
@@ -29,15 +29,15 @@ out_dir = "out"         # where ae.pt and dit.pt are; samples go to out_dir/samp
 n = 8                   # clips to sample
 batch_size = 16         # clips per sampling batch
 sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
-steps = 50              # denoiser calls per clip (timesteps respaced from the 1000 of training)
-eta = 0.0               # DDIM noise: 0 = deterministic, 1 = DDPM-like
+steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
+eta = 1.0               # DDIM noise: 1 = DDPM-like (better sync, README), 0 = deterministic
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 class_label = -1        # the class to sample; -1 = cycle through the classes
 cfg_scale = 1.0         # classifier-free guidance scale (1 = no guidance)
 mode = "joint"          # "joint", "a2v" (given audio -> video) or "v2a" (given video -> audio)
 cond = ""               # the clip to condition on in a2v / v2a: any file the folder dataset reads
 conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)
-xmodal_cfg = 1.0        # native a2v / v2a: cross-modal guidance scale (1 = none; PAPER.md §5)
+xmodal_cfg = 4.0        # cross-modal guidance scale, joint and native a2v / v2a (1 = none; PAPER.md §5)
 guidance = 16.0         # replace a2v / v2a: reconstruction guidance weight (0 = replacement alone)
 seed = 0                # the one seed of every random draw: the same seed writes the same clips
 device = "auto"         # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
@@ -60,6 +60,7 @@ def main(argv):
     dev = pick_device(a["device"])
     models = load_models(a["out_dir"], dev)
     cfg = models.cfg
+    a["steps"] = a["steps"] or DEFAULT_STEPS[a["sampler"]]
     need(1 <= a["steps"] <= cfg.diffusion_steps,
          f"--steps must be in 1..{cfg.diffusion_steps} (the training timesteps), not {a['steps']}")
     need(a["class_label"] < cfg.num_classes, f"--class {a['class_label']}: the model has "

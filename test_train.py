@@ -199,7 +199,7 @@ def test_train_bad_values_are_one_line(argv, message, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--n", "0"], "--n must be at least 1"),
-    (["--steps", "0"], "--steps must be in 1..1000"),
+    (["--steps", "-1"], "--steps must be in 1..1000"),
     (["--sampler", "euler"], "--sampler must be one of"),
     (["--class", "2"], "--class 2"),
     (["--mode", "v2a"], "--mode v2a needs --cond"),
@@ -209,3 +209,28 @@ def test_sample_bad_values_are_one_line(trained, argv, message):
     with pytest.raises(SystemExit) as done:
         sample.main(["--out_dir", trained] + argv)
     assert message in str(done.value) and "\n" not in str(done.value)
+
+
+def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_path):
+    """A config without the mixture fields is a denoiser trained at equal levels only: it loads,
+    and A2V / V2A fall back to replacement, the way it was trained for."""
+    from pipeline import conditioning_for, load_models
+    for stage in ("ae", "dit"):
+        ck = torch.load(os.path.join(trained, f"{stage}.pt"), weights_only=True)
+        for field in ("mix_equal", "mix_independent", "mix_clean"):
+            del ck["config"][field]
+        torch.save(ck, tmp_path / f"{stage}.pt")
+    models = load_models(str(tmp_path))
+    assert (models.cfg.mix_equal, models.cfg.mix_independent, models.cfg.mix_clean) == (1.0, 0.0, 0.0)
+    assert models.diffusion.mix == (1.0, 0.0, 0.0) and conditioning_for(models.cfg, "auto") == "replace"
+    assert conditioning_for(get_config("tiny"), "auto") == "native"
+    sample.main(["--out_dir", str(tmp_path), "--n", "1", "--steps", "3", "--mode", "v2a", "--cond", _clip(tmp_path)])
+    assert os.path.exists(tmp_path / "samples" / "000.wav")
+
+
+def _clip(folder) -> str:
+    cfg = get_config("tiny")
+    item = BounceClick(cfg, size=1, seed=5)[0]
+    path = str(folder / "cond.mp4")
+    write_mp4(path, item["video"], item["wave"], cfg)
+    return path

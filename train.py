@@ -63,7 +63,7 @@ compile = False        # torch.compile the model being trained
 precision = "auto"     # "auto": bf16 autocast on GPUs and on CPUs with fast bf16 matmuls, else fp32
 
 STAGE_DEFAULTS = {     # sized so that both stages + sampling fit 30 minutes on 2 CPU cores at tiny
-    "ae": dict(max_steps=1000, batch_size=8, lr=1e-3),     # the discs' colour is learnt by ~750 steps
+    "ae": dict(max_steps=1000, batch_size=8, lr=1e-3),     # enough for the discs' colours (README)
     "dit": dict(max_steps=13000, batch_size=32, lr=5e-4),  # the denoiser is what limits samples: it gets the time
 }
 
