@@ -56,7 +56,7 @@ i3d = ""                # TorchScript video feature network (FVD, KVD); none: nu
 audio_net = ""          # TorchScript audio embedding network (FAD); none: null + reason
 sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
 steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
-eta = 1.0               # DDIM noise: 1 = DDPM-like (better sync, README), 0 = deterministic
+eta = 1.0               # DDIM's noise: 1 = DDPM-like (better sync, README), 0 = deterministic; ddim only
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 cfg_scale = 1.0         # classifier-free guidance scale; 1 = none
 conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)
@@ -309,7 +309,9 @@ def eval_xmodal(ctx) -> dict:
     ε̂ on one modality's three planes when the other three come from the same clip ("matched") or
     from the next clip ("shuffled"), all six noised to the same t with the same noise. Matched below
     shuffled: the STDiT uses the other stream, the precondition of sync; equal (ratio 1): it makes
-    each modality on its own. Needs no BounceClick, so it runs on folders too."""
+    each modality on its own. For a denoiser trained with one modality clean (mix_clean > 0), the
+    same with the partner given clean at t = 0, as A2V / V2A sample ("partner_clean"). Needs no
+    BounceClick, so it runs on folders too."""
     m, items, bs = models(ctx), real_items(ctx), ctx.a["batch_size"]
     z = []
     for i in range(0, len(items), bs):
@@ -319,22 +321,36 @@ def eval_xmodal(ctx) -> dict:
                                  torch.stack([it["audio"] for it in chunk]).to(ctx.device))
         z.append(stack_planes(planes).float() * m.latent_scale)     # n×c×P×L×L, as the STDiT saw them
     z, gen = torch.cat(z), torch.Generator().manual_seed(ctx.a["seed"])
-    mse = {f"{who}_{pairing}": [] for who in ("audio", "video") for pairing in ("matched", "shuffled")}
+    keys = [f"{who}_{pairing}" for who in ("audio", "video") for pairing in ("matched", "shuffled")]
+    mse, clean_mse = {k: [] for k in keys}, {k: [] for k in keys}
     steps = [int(f * m.diffusion.num_timesteps) for f in XMODAL_T]
     for step in steps:
         t = torch.full((len(z),), step, device=ctx.device)
         noise = torch.randn(z.shape, generator=gen).to(ctx.device)
         for who in ("audio", "video"):
-            own = (VIDEO_PLANES if who == "video" else ~VIDEO_PLANES).to(ctx.device)   # over the P planes
+            own = (VIDEO_PLANES if who == "video" else ~VIDEO_PLANES).to(ctx.device)[:, None, None]  # over P
+            # the partner at the same t, and (a denoiser trained with one modality clean) clean at t = 0
+            given_clean = torch.stack([t, 0 * t] if who == "video" else [0 * t, t], dim=1)        # B×2
             for pairing, other in (("matched", z), ("shuffled", z.roll(1, 0))):
-                x_t = m.diffusion.q_sample(torch.where(own[:, None, None], z, other), t, noise)
-                with autocast(ctx.device):
-                    eps = torch.cat([m.diffusion.predict_eps(m.dit, x_t[i:i + bs], t[i:i + bs]).float()
-                                     for i in range(0, len(z), bs)])
-                mse[f"{who}_{pairing}"].append((eps - noise)[:, :, own].pow(2).mean().item())
-    ratio = {who: [a / b for a, b in zip(mse[f"{who}_matched"], mse[f"{who}_shuffled"])] for who in ("audio", "video")}
+                both = torch.where(own, z, other)
+                x_t = m.diffusion.q_sample(both, t, noise)
+                mse[f"{who}_{pairing}"].append(eps_error(ctx, x_t, t, noise, own))
+                if m.cfg.mix_clean > 0:
+                    clean_mse[f"{who}_{pairing}"].append(eps_error(ctx, torch.where(own, x_t, both), given_clean,
+                                                                   noise, own))
+    ratio = lambda e: {who: [a / b for a, b in zip(e[f"{who}_matched"], e[f"{who}_shuffled"])]
+                       for who in ("audio", "video")} if e["audio_matched"] else None
     return dict(reason=None, n_clips=len(z), timesteps=steps, eps_mse=mse,  # eps_mse[k][i] at timesteps[i]
-                matched_over_shuffled=ratio)
+                matched_over_shuffled=ratio(mse), eps_mse_partner_clean=clean_mse if m.cfg.mix_clean > 0 else None,
+                partner_clean_matched_over_shuffled=ratio(clean_mse))
+
+
+def eps_error(ctx, x, t, noise, own) -> float:
+    """MSE of the denoiser's ε̂ against the true noise on the `own` planes; x `n×c×P×L×L`, t `n` or `n×2`."""
+    m, bs = models(ctx), ctx.a["batch_size"]
+    with autocast(ctx.device):
+        eps = torch.cat([m.diffusion.predict_eps(m.dit, x[i:i + bs], t[i:i + bs]).float() for i in range(0, len(x), bs)])
+    return (eps - noise).masked_select(own.expand_as(eps)).pow(2).mean().item()
 
 
 @torch.no_grad()
@@ -453,10 +469,13 @@ def summary(results) -> str:
             mse = r["eps_mse"]
             lines.append("xmodal: ε-MSE of each modality's planes with the other's from the same clip / another "
                          "clip (matched ÷ shuffled)")
-            for who in ("audio", "video"):
-                lines.append(f"  {who:>5} " + "  ".join(
-                    f"t={t}: {m:.4f} / {s:.4f} ({q:.2f})" for t, m, s, q in
-                    zip(r["timesteps"], mse[who + "_matched"], mse[who + "_shuffled"], r["matched_over_shuffled"][who])))
+            for label, mse, ratio in (("", mse, r["matched_over_shuffled"]),
+                                      (" (partner clean)", r.get("eps_mse_partner_clean"),
+                                       r.get("partner_clean_matched_over_shuffled"))):
+                for who in ("audio", "video") if ratio else ():
+                    lines.append(f"  {who + label:>21} " + "  ".join(
+                        f"t={t}: {m:.4f} / {s:.4f} ({q:.2f})" for t, m, s, q in
+                        zip(r["timesteps"], mse[who + "_matched"], mse[who + "_shuffled"], ratio[who])))
         elif part == "fvd":
             for name in ("fvd", "kvd", "fad"):
                 e, q = r[name], r[name]["protocol"]

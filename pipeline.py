@@ -171,6 +171,7 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
                   with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
                   reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint sampling
                   uses `xmodal_cfg` too: each modality guided by the other (Diffusion.joint_xmodal_eps).
+    eta           DDIM's noise (0 deterministic, 1 DDPM-like); the other samplers set their own.
     generator     the one source of randomness: the same seed gives the same clips.
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
@@ -205,7 +206,8 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
     how = conditioning_for(cfg, conditioning)
-    z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, eta=eta, y=y, cfg_scale=cfg_scale,
+    z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, y=y, cfg_scale=cfg_scale,
+                           eta=eta if sampler == "ddim" else 0.0,       # DDIM's noise; the others set their own
                            known=known, known_mask=known_mask, conditioning=how, grid=grid,
                            guidance=guidance if how == "replace" else 0.0,     # each scale belongs to one way
                            xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0,

@@ -222,7 +222,8 @@ def track_svg(centroids, found, hits, duration, fps, size, width=260, height=64)
 
 
 def curve_svg(steps, series: dict, title, log_y=None, width=420, height=170) -> str:
-    """Line plot of one or more series against the step, as an <svg class="curve" data-n=rows>.
+    """Line plot of one or more series against the step, as an <svg class="curve" data-n=rows>; each
+    point is also marked when a series has 20 or fewer.
     series: {name: list of floats, NaN skipped}; log_y None = logarithmic when every value is
     positive and they span more than 20×. Returns the SVG markup."""
     colours = ("#1f6fb4", "#d62728", "#2ca02c", "#8e3fb0")
@@ -256,6 +257,8 @@ def curve_svg(steps, series: dict, title, log_y=None, width=420, height=170) -> 
                if np.isfinite(v) and (v > 0 or not log_y)]
         colour = colours[i % len(colours)]
         out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" stroke-width="1.3"/>')
+        if len(pts) <= 20:                        # few points (held-out PSNR at each preview): mark each one
+            out += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.5" fill="{colour}"/>' for p in pts]
         out.append(f'<text x="{x1 - 4}" y="{y0 + 11 + 11 * i}" text-anchor="end" '
                    f'style="fill:{colour}">{_esc(name)}</text>')
     return head + "".join(out) + "</svg>"

@@ -112,6 +112,11 @@ def test_cli_xmodal_part(toy_eval):
     assert set(r["eps_mse"]) == {"audio_matched", "audio_shuffled", "video_matched", "video_shuffled"}
     for per_t in r["eps_mse"].values():
         assert len(per_t) == 4 and all(0 < v < 10 for v in per_t)
+    # the toy denoiser trained with one modality clean: the same probe with the partner clean at t = 0
+    assert set(r["eps_mse_partner_clean"]) == set(r["eps_mse"])
+    for who in ("audio", "video"):
+        assert len(r["partner_clean_matched_over_shuffled"][who]) == 4
+        assert r["matched_over_shuffled"][who][0] == r["eps_mse"][f"{who}_matched"][0] / r["eps_mse"][f"{who}_shuffled"][0]
 
 
 def test_cli_summary_prints_every_part(toy_eval, capsys):
