@@ -313,11 +313,7 @@ class Diffusion:
             raise ValueError(f"diffusion: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
         known_video = None
         if known is not None:
-            known = known.to(device=device, dtype=torch.float32)
-            known_mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device)
-            if known_mask.dim() == 1 and known_mask.shape[0] == shape[2]:
-                known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the P axis
-            known_mask = known_mask.expand(shape)
+            known, known_mask = self._broadcast_known(known, known_mask, shape, device)
             if native:
                 known_video = self._known_modality(known_mask)
                 x = torch.where(known_mask, known, x)
@@ -353,6 +349,16 @@ class Diffusion:
         if known is not None:
             x = torch.where(known_mask, known, x)                     # the known planes, exactly
         return x
+
+    @staticmethod
+    def _broadcast_known(known, known_mask, shape, device):
+        """`known` as float32 on `device`, and `known_mask` (a `P` bool over the plane axis, or any
+        shape broadcastable to `shape`) expanded to `shape`."""
+        known = known.to(device=device, dtype=torch.float32)
+        known_mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device)
+        if known_mask.dim() == 1 and known_mask.shape[0] == shape[2]:
+            known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the P axis
+        return known, known_mask.expand(shape)
 
     @staticmethod
     def _known_modality(known_mask):
