@@ -298,11 +298,8 @@ class Diffusion:
                              "native conditioning gives the known planes clean, with nothing to reconstruct")
         if xmodal_cfg != 1.0 and known is not None and not native:
             raise ValueError(f"diffusion: xmodal_cfg={xmodal_cfg} needs conditioning='native' (or joint sampling)")
-        if noise is not None:
-            device = noise.device
-        else:
-            device = next((p.device for p in model.parameters()), torch.device("cpu")) \
-                if isinstance(model, torch.nn.Module) else torch.device("cpu")
+        params = model.parameters() if isinstance(model, torch.nn.Module) else ()   # a plain callable: cpu
+        device = noise.device if noise is not None else next((p.device for p in params), torch.device("cpu"))
         draw_device = generator.device if generator is not None else device
 
         def randn():
