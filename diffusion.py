@@ -122,8 +122,8 @@ class Diffusion:
 
     @classmethod
     def from_config(cls, cfg):
-        mix = (getattr(cfg, "mix_equal", 0.5), getattr(cfg, "mix_independent", 0.25), getattr(cfg, "mix_clean", 0.25))
-        return cls(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix)
+        return cls(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction,
+                   mix=(cfg.mix_equal, cfg.mix_independent, cfg.mix_clean))
 
     @staticmethod
     def _at(table, t, x):
