@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoencoder import MDSA
 from audio import frames_to_wave
 from config import PRESETS, get_config, need, parse_cli, settings_of
-from diffusion import DEFAULT_STEPS, SAMPLERS, Diffusion
+from diffusion import DEFAULT_STEPS, SAMPLERS, Diffusion, sample_latent
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
 from pipeline import autocast, pick_device, use_bf16
 
@@ -178,7 +178,7 @@ def timed_steps(cfg, dev, a, peak) -> list:
     @torch.no_grad()
     def sample(n, sampler):
         with amp:
-            x = diffusion.sample(fwd, (n, *latent_shape(cfg)), sampler=sampler, steps=DEFAULT_STEPS[sampler])
+            x = sample_latent(diffusion, fwd, (n, *latent_shape(cfg)), sampler=sampler, steps=DEFAULT_STEPS[sampler])
             v, au = ae.decode(unstack_planes(x))
         return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
 
@@ -215,7 +215,7 @@ def gpu_sampling_checks(cfg, dev, repeats) -> str:
 
     def one_clip(model, sampler):
         with amp:
-            return diffusion.sample(model, shape, sampler=sampler, steps=DEFAULT_STEPS[sampler])
+            return sample_latent(diffusion, model, shape, sampler=sampler, steps=DEFAULT_STEPS[sampler])
 
     rows = [("flash attention forced (SDPBackend.FLASH_ATTENTION)", flash)]
     for sampler in ("ddim", "dpm++"):

@@ -91,12 +91,14 @@ def logsnr_timesteps(num_steps, alphas_cumprod):
 
 
 # ----------------------------------------------------------------------------------------------
-# The diffusion process
+# The forward process and its loss
 # ----------------------------------------------------------------------------------------------
 
 
 class Diffusion:
-    """A fixed forward process, its training loss and its samplers. Holds tables only, no weights.
+    """A fixed forward process, its training loss, and what every sampler reads from it (the ᾱ
+    tables, ε̂ from the model's output, the sampling grid). Holds tables only, no weights; the
+    reverse process is `sample_latent` below.
 
     Diffusion(steps=1000, schedule="linear", prediction="eps", mix=(1, 0, 0))
       steps       num_timesteps, the training timesteps 0..num_timesteps−1
@@ -217,7 +219,7 @@ class Diffusion:
         err = (out.float() - target.float()).pow(2) * weight
         return err.sum() / weight.expand_as(err).sum().clamp(min=1.0)  # the mean over noised elements
 
-    # ---- sampling ----
+    # ---- what the samplers read ----
 
     def predict_eps(self, model, x, t, y=None, cfg_scale=1.0):
         """ε̂ with classifier-free guidance: out_u + s·(out_c − out_u), both from one batched forward.
@@ -247,253 +249,271 @@ class Diffusion:
             return logsnr_timesteps(steps, self.alphas_cumprod)
         raise ValueError(f"diffusion: unknown grid {grid!r}; choose 'time' or 'logsnr'")
 
-    @torch.no_grad()
-    def sample(self, model, shape, *, sampler="ddim", steps=50, eta=0.0, y=None, cfg_scale=1.0,
-               known=None, known_mask=None, conditioning="replace", guidance=0.0, xmodal_cfg=1.0,
-               grid="time", noise=None, generator=None, progress=False):
-        """Draw x0 of `shape` (B×c×P×L×L) from noise; returns float32.
 
-        sampler   "ddim" (η = eta; 0 is deterministic given the start noise), "ddpm" (ancestral,
-                  posterior variance β̃, the same as DDIM at η = 1 on the same grid) or "dpm++"
-                  (DPM-Solver++(2M), deterministic, eta must be 0).
-        steps     denoiser evaluations: this many timesteps of 0..num_timesteps−1, spread by `grid`
-                  ("time": evenly in t; "logsnr": evenly in log-SNR).
-        y, cfg_scale  class labels `B` and the guidance scale s.
-        known, known_mask  A2V / V2A: `known` a clean latent of `shape`; `known_mask` a bool over the
-                  P plane axis (length P) or broadcastable to `shape`. At the end the masked planes are
-                  exactly `known`. How the model is told about them, `conditioning`:
-          "replace"  masked planes are replaced by q_sample(known, t) before every model call (one t
-                  for all planes), so the model denoises the rest in agreement with them.
-          "native"   the known modality's planes are `known` itself at every step and the model is
-                  called with that modality's t = 0 and the free one's at the current t (`B×2` t): the
-                  conditional model a noise level per modality trains. `known_mask` must select all
-                  video planes or all audio planes.
-        guidance  reconstruction guidance weight w ("replace" only; 0 = replacement alone) [Ho et al.
-                  2022, as MM-Diffusion's zero-shot transfer]: the free planes' x̂0 moves by
-                  −(w·√ᾱ/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of the
-                  known planes agree with them. Replacement alone only informs the free planes through
-                  the model's attention to the known ones, which a joint model may barely use; the
-                  gradient also reaches them through the known planes' dependence on the free ones.
-        xmodal_cfg  cross-modal guidance scale s ("native", or joint sampling): ε̂ = ε̂_u + s·(ε̂_c − ε̂_u),
-                  ε̂_u the prediction with the other modality's planes at pure noise (t =
-                  num_timesteps−1); s = 1 is one plain forward. Native: the known modality is the
-                  condition; with class guidance too, one forward of three copies gives
-                  ε̂ = ε̂(∅k, y) + s·(ε̂(k, y) − ε̂(∅k, y)) + (cfg_scale − 1)·(ε̂(k, y) − ε̂(k, ∅)).
-                  Joint: each modality is guided by the other (joint_xmodal_eps).
-        noise     the starting x at t = num_timesteps−1 (else drawn from `generator`).
-        generator every random draw (start noise, per-step noise, re-noised and pure-noise known
-                  planes) comes from it, so one seed fixes the sample; it may live on another device.
-        """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"diffusion: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if sampler == "dpm++" and eta != 0:
-            raise ValueError(f"diffusion: sampler 'dpm++' is deterministic; eta={eta} needs 'ddim' or 'ddpm'")
-        if conditioning not in ("replace", "native"):
-            raise ValueError(f"diffusion: unknown conditioning {conditioning!r}; choose 'replace' or 'native'")
-        if (known is None) != (known_mask is None):
-            raise ValueError("diffusion: pass `known` and `known_mask` together")
-        native = known is not None and conditioning == "native"
-        if native and guidance > 0:
-            raise ValueError(f"diffusion: guidance={guidance} (reconstruction guidance) needs conditioning='replace'; "
-                             "native conditioning gives the known planes clean, with nothing to reconstruct")
-        if xmodal_cfg != 1.0 and known is not None and not native:
-            raise ValueError(f"diffusion: xmodal_cfg={xmodal_cfg} needs conditioning='native' (or joint sampling)")
-        params = model.parameters() if isinstance(model, torch.nn.Module) else ()   # a plain callable: cpu
-        device = noise.device if noise is not None else next((p.device for p in params), torch.device("cpu"))
-        draw_device = generator.device if generator is not None else device
+# ----------------------------------------------------------------------------------------------
+# The reverse process: sampling
+# ----------------------------------------------------------------------------------------------
 
-        def randn():
-            return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
 
-        x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn()
-        if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"diffusion: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
-        known_video = None
-        if known is not None:
-            known, known_mask = self._broadcast_known(known, known_mask, shape, device)
+@torch.no_grad()
+def sample_latent(diffusion, model, shape, *, sampler="ddim", steps=50, eta=0.0, y=None, cfg_scale=1.0,
+                  known=None, known_mask=None, conditioning="replace", guidance=0.0, xmodal_cfg=1.0,
+                  grid="time", noise=None, generator=None, progress=False):
+    """Draw x0 of `shape` (B×c×P×L×L) from noise; returns float32.
+
+    sampler   "ddim" (η = eta; 0 is deterministic given the start noise), "ddpm" (ancestral,
+              posterior variance β̃, the same as DDIM at η = 1 on the same grid; eta unused) or
+              "dpm++" (DPM-Solver++(2M): η = 0 the ODE solver, η = 1 its SDE form; dpm_step).
+    steps     denoiser evaluations: this many timesteps of 0..num_timesteps−1, spread by `grid`
+              ("time": evenly in t; "logsnr": evenly in log-SNR).
+    y, cfg_scale  class labels `B` and the guidance scale s.
+    known, known_mask  A2V / V2A: `known` a clean latent of `shape`; `known_mask` a bool over the
+              P plane axis (length P) or broadcastable to `shape`. At the end the masked planes are
+              exactly `known`. How the model is told about them, `conditioning`:
+      "replace"  masked planes are replaced by q_sample(known, t) before every model call (one t
+              for all planes), so the model denoises the rest in agreement with them.
+      "native"   the known modality's planes are `known` itself at every step and the model is
+              called with that modality's t = 0 and the free one's at the current t (`B×2` t): the
+              conditional model a noise level per modality trains. `known_mask` must select all
+              video planes or all audio planes.
+    guidance  reconstruction guidance weight w ("replace" only; 0 = replacement alone) [Ho et al.
+              2022, as MM-Diffusion's zero-shot transfer]: the free planes' x̂0 moves by
+              −(w·√ᾱ/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of the
+              known planes agree with them. Replacement alone only informs the free planes through
+              the model's attention to the known ones, which a joint model may barely use; the
+              gradient also reaches them through the known planes' dependence on the free ones.
+    xmodal_cfg  cross-modal guidance scale s ("native", or joint sampling): ε̂ = ε̂_u + s·(ε̂_c − ε̂_u),
+              ε̂_u the prediction with the other modality's planes at pure noise (t =
+              num_timesteps−1); s = 1 is one plain forward. Native: the known modality is the
+              condition; with class guidance too, one forward of three copies gives
+              ε̂ = ε̂(∅k, y) + s·(ε̂(k, y) − ε̂(∅k, y)) + (cfg_scale − 1)·(ε̂(k, y) − ε̂(k, ∅)).
+              Joint: each modality is guided by the other (joint_xmodal_eps).
+    noise     the starting x at t = num_timesteps−1 (else drawn from `generator`).
+    generator every random draw (start noise, per-step noise, re-noised and pure-noise known
+              planes) comes from it, so one seed fixes the sample; it may live on another device.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"diffusion: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if conditioning not in ("replace", "native"):
+        raise ValueError(f"diffusion: unknown conditioning {conditioning!r}; choose 'replace' or 'native'")
+    if (known is None) != (known_mask is None):
+        raise ValueError("diffusion: pass `known` and `known_mask` together")
+    native = known is not None and conditioning == "native"
+    if native and guidance > 0:
+        raise ValueError(f"diffusion: guidance={guidance} (reconstruction guidance) needs conditioning='replace'; "
+                         "native conditioning gives the known planes clean, with nothing to reconstruct")
+    if xmodal_cfg != 1.0 and known is not None and not native:
+        raise ValueError(f"diffusion: xmodal_cfg={xmodal_cfg} needs conditioning='native' (or joint sampling)")
+    params = model.parameters() if isinstance(model, torch.nn.Module) else ()   # a plain callable: cpu
+    device = noise.device if noise is not None else next((p.device for p in params), torch.device("cpu"))
+    draw_device = generator.device if generator is not None else device
+
+    def randn():
+        return torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
+
+    x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn()
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"diffusion: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
+    known_video = None
+    if known is not None:
+        known, known_mask = broadcast_known(known, known_mask, shape, device)
+        if native:
+            known_video = known_modality(known_mask)
+            x = torch.where(known_mask, known, x)
+
+    timesteps = diffusion.sampling_timesteps(steps, grid).tolist()
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.eval()                                              # no label dropout while sampling
+    history = None                                                # dpm++: the previous x̂0 and step in λ
+    try:
+        for i in tqdm(range(len(timesteps) - 1, -1, -1), disable=not progress, desc=sampler):
+            t_batch = torch.full((shape[0],), timesteps[i], device=device, dtype=torch.long)
+            if known is not None and not native:                  # fresh noise: x_t of the known latent
+                x = torch.where(known_mask, diffusion.q_sample(known, t_batch, randn()), x)
             if native:
-                known_video = self._known_modality(known_mask)
+                eps = native_eps(diffusion, model, x, t_batch, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn)
+            elif known is not None and guidance > 0:
+                eps = guided_eps(diffusion, model, x, t_batch, y, cfg_scale, known, known_mask, guidance)
+            elif known is None and xmodal_cfg != 1.0:
+                eps = joint_xmodal_eps(diffusion, model, x, t_batch, y, cfg_scale, xmodal_cfg, randn)
+            else:
+                eps = diffusion.predict_eps(model, x, t_batch, y, cfg_scale).float()
+            t_prev = timesteps[i - 1] if i > 0 else None
+            if sampler == "dpm++":
+                x, history = dpm_step(diffusion, x, eps, timesteps[i], t_prev, history, eta, randn)
+            else:
+                x = ddim_step(diffusion, x, eps, timesteps[i], t_prev, sampler, eta, randn)
+            if native:                                            # the known planes stay clean
                 x = torch.where(known_mask, known, x)
-
-        timesteps = self.sampling_timesteps(steps, grid).tolist()
-        was_training = getattr(model, "training", False)
+    finally:
         if isinstance(model, torch.nn.Module):
-            model.eval()                                              # no label dropout while sampling
-        history = None                                                # dpm++: the previous x̂0 and step in λ
-        try:
-            for i in tqdm(range(len(timesteps) - 1, -1, -1), disable=not progress, desc=sampler):
-                t_batch = torch.full((shape[0],), timesteps[i], device=device, dtype=torch.long)
-                if known is not None and not native:                  # fresh noise: x_t of the known latent
-                    x = torch.where(known_mask, self.q_sample(known, t_batch, randn()), x)
-                if native:
-                    eps = self.native_eps(model, x, t_batch, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn)
-                elif known is not None and guidance > 0:
-                    eps = self.guided_eps(model, x, t_batch, y, cfg_scale, known, known_mask, guidance)
-                elif known is None and xmodal_cfg != 1.0:
-                    eps = self.joint_xmodal_eps(model, x, t_batch, y, cfg_scale, xmodal_cfg, randn)
-                else:
-                    eps = self.predict_eps(model, x, t_batch, y, cfg_scale).float()
-                t_prev = timesteps[i - 1] if i > 0 else None
-                if sampler == "dpm++":
-                    x, history = self.dpm_step(x, eps, timesteps[i], t_prev, history)
-                else:
-                    x = self.step(x, eps, timesteps[i], t_prev, sampler, eta, randn)
-                if native:                                            # the known planes stay clean
-                    x = torch.where(known_mask, known, x)
-        finally:
-            if isinstance(model, torch.nn.Module):
-                model.train(was_training)
-        if known is not None:
-            x = torch.where(known_mask, known, x)                     # the known planes, exactly
-        return x
+            model.train(was_training)
+    if known is not None:
+        x = torch.where(known_mask, known, x)                     # the known planes, exactly
+    return x
 
-    @staticmethod
-    def _broadcast_known(known, known_mask, shape, device):
-        """`known` as float32 on `device`, and `known_mask` (a `P` bool over the plane axis, or any
-        shape broadcastable to `shape`) expanded to `shape`."""
-        known = known.to(device=device, dtype=torch.float32)
-        known_mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device)
-        if known_mask.dim() == 1 and known_mask.shape[0] == shape[2]:
-            known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the P axis
-        return known, known_mask.expand(shape)
 
-    @staticmethod
-    def _known_modality(known_mask):
-        """True if `known_mask` (`B×c×P×L×L` bool) selects exactly the video planes, False if exactly
-        the audio planes; anything else is refused (native conditioning sets one t per modality)."""
-        planes = known_mask.movedim(2, 0).reshape(known_mask.shape[2], -1)
-        whole = planes.all(dim=1)
-        if known_mask.shape[2] != len(VIDEO_PLANES) or not torch.equal(whole, planes.any(dim=1)):
-            raise ValueError("diffusion: conditioning='native' needs `known_mask` to select whole planes of the "
-                             f"{len(VIDEO_PLANES)}-plane latent, got shape {tuple(known_mask.shape)} "
-                             "with partial planes")
-        video = VIDEO_PLANES.to(whole.device)
-        if torch.equal(whole, video):
-            return True
-        if torch.equal(whole, ~video):
-            return False
-        raise ValueError(f"diffusion: conditioning='native' needs `known_mask` to be all video planes "
-                         f"{video.tolist()} or all audio planes, got {whole.tolist()}")
+def broadcast_known(known, known_mask, shape, device):
+    """`known` as float32 on `device`, and `known_mask` (a `P` bool over the plane axis, or any
+    shape broadcastable to `shape`) expanded to `shape`."""
+    known = known.to(device=device, dtype=torch.float32)
+    known_mask = torch.as_tensor(known_mask, dtype=torch.bool, device=device)
+    if known_mask.dim() == 1 and known_mask.shape[0] == shape[2]:
+        known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the P axis
+    return known, known_mask.expand(shape)
 
-    def native_eps(self, model, x, t, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn):
-        """ε̂ of the free planes with the known modality clean (see `sample`, conditioning "native").
+def known_modality(known_mask):
+    """True if `known_mask` (`B×c×P×L×L` bool) selects exactly the video planes, False if exactly
+    the audio planes; anything else is refused (native conditioning sets one t per modality)."""
+    planes = known_mask.movedim(2, 0).reshape(known_mask.shape[2], -1)
+    whole = planes.all(dim=1)
+    if known_mask.shape[2] != len(VIDEO_PLANES) or not torch.equal(whole, planes.any(dim=1)):
+        raise ValueError("diffusion: conditioning='native' needs `known_mask` to select whole planes of the "
+                         f"{len(VIDEO_PLANES)}-plane latent, got shape {tuple(known_mask.shape)} "
+                         "with partial planes")
+    video = VIDEO_PLANES.to(whole.device)
+    if torch.equal(whole, video):
+        return True
+    if torch.equal(whole, ~video):
+        return False
+    raise ValueError(f"diffusion: conditioning='native' needs `known_mask` to be all video planes "
+                     f"{video.tolist()} or all audio planes, got {whole.tolist()}")
 
-        x `B×c×P×L×L` float32 with the known planes = the clean known latent, t `B` (the free planes'
-        level). The conditional copy sees t = 0 on the known modality; the cross-modal copy sees fresh
-        noise there at t = num_timesteps−1; the class copy the null label. All copies go through one
-        batched forward; with no guidance, one plain forward. The known planes' ε̂ is not meaningful."""
-        zero, pure = torch.zeros_like(t), torch.full_like(t, self.num_timesteps - 1)
-        pair = (lambda given: torch.stack([given, t] if known_video else [t, given], dim=1))  # → B×2
-        t_cond = pair(zero)
-        xs, ts, labels = [x], [t_cond], [y]
-        use_xmodal = xmodal_cfg != 1.0
-        use_class = y is not None and cfg_scale != 1.0
-        if use_xmodal:                                                # the known modality at pure noise
-            xs.append(torch.where(known_mask, randn(), x))
-            ts.append(pair(pure))
-            labels.append(y)
-        if use_class:                                                 # the null label, the known planes kept
-            xs.append(x)
-            ts.append(t_cond)
-            labels.append(torch.full_like(y, model.null_label))
-        if len(xs) == 1:
-            return self.as_eps(model(x, t_cond, y), x, t_cond).float()
-        outs = model(torch.cat(xs), torch.cat(ts), None if y is None else torch.cat(labels)).chunk(len(xs))
-        eps = [self.as_eps(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
-        if use_xmodal:
-            out = eps[1] + xmodal_cfg * (eps[0] - eps[1])
-            if use_class:
-                out = out + (cfg_scale - 1.0) * (eps[0] - eps[2])
-        else:
-            out = eps[1] + cfg_scale * (eps[0] - eps[1])              # class guidance alone, as predict_eps
-        return out
 
-    def joint_xmodal_eps(self, model, x, t, y, cfg_scale, xmodal_cfg, randn):
-        """ε̂ of joint sampling with cross-modal guidance [ours, after UniDiffuser]: each modality's ε̂
-        is pushed away from the one it makes when the OTHER modality is pure noise, ε̂_m = ε̂_m,u +
-        s·(ε̂_m,c − ε̂_m,u), as classifier-free guidance does with a label, the partner stream being
-        the condition. Only a denoiser trained with independent noise levels has seen the partner at
-        pure noise. x `B×c×P×L×L` float32, t `B`. One forward of three copies (both at t; the video
-        with the audio at pure noise; the audio with the video at pure noise), four with class
-        guidance, which adds (cfg_scale − 1)·(ε̂_c − ε̂(∅)) as in native_eps."""
-        video = VIDEO_PLANES.to(x.device)[None, None, :, None, None]
-        pure = torch.full_like(t, self.num_timesteps - 1)
-        fresh = randn()
-        xs = [x, torch.where(video, x, fresh), torch.where(video, fresh, x)]
-        ts = [torch.stack([t, t], 1), torch.stack([t, pure], 1), torch.stack([pure, t], 1)]
-        use_class = y is not None and cfg_scale != 1.0
+# ---- the model's ε̂ under conditioning and guidance: one batched forward of every copy a step needs ----
+
+def native_eps(diffusion, model, x, t, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn):
+    """ε̂ of the free planes with the known modality clean (see `sample_latent`, conditioning "native").
+
+    x `B×c×P×L×L` float32 with the known planes = the clean known latent, t `B` (the free planes'
+    level). The conditional copy sees t = 0 on the known modality; the cross-modal copy sees fresh
+    noise there at t = num_timesteps−1; the class copy the null label. All copies go through one
+    batched forward; with no guidance, one plain forward. The known planes' ε̂ is not meaningful."""
+    zero, pure = torch.zeros_like(t), torch.full_like(t, diffusion.num_timesteps - 1)
+    pair = (lambda given: torch.stack([given, t] if known_video else [t, given], dim=1))  # → B×2
+    t_cond = pair(zero)
+    xs, ts, labels = [x], [t_cond], [y]
+    use_xmodal = xmodal_cfg != 1.0
+    use_class = y is not None and cfg_scale != 1.0
+    if use_xmodal:                                                # the known modality at pure noise
+        xs.append(torch.where(known_mask, randn(), x))
+        ts.append(pair(pure))
+        labels.append(y)
+    if use_class:                                                 # the null label, the known planes kept
+        xs.append(x)
+        ts.append(t_cond)
+        labels.append(torch.full_like(y, model.null_label))
+    if len(xs) == 1:
+        return diffusion.as_eps(model(x, t_cond, y), x, t_cond).float()
+    outs = model(torch.cat(xs), torch.cat(ts), None if y is None else torch.cat(labels)).chunk(len(xs))
+    eps = [diffusion.as_eps(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
+    if use_xmodal:
+        out = eps[1] + xmodal_cfg * (eps[0] - eps[1])
         if use_class:
-            xs.append(x)
-            ts.append(ts[0])
-        labels = None if y is None else torch.cat([y, y, y] + ([torch.full_like(y, model.null_label)] if use_class else []))
-        outs = model(torch.cat(xs), torch.cat(ts), labels).chunk(len(xs))
-        eps = [self.as_eps(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
-        alone = torch.where(video, eps[1], eps[2])            # each modality's ε̂ without its partner
-        out = alone + xmodal_cfg * (eps[0] - alone)
-        if use_class:
-            out = out + (cfg_scale - 1.0) * (eps[0] - eps[3])
-        return out
+            out = out + (cfg_scale - 1.0) * (eps[0] - eps[2])
+    else:
+        out = eps[1] + cfg_scale * (eps[0] - eps[1])              # class guidance alone, as predict_eps
+    return out
 
-    def guided_eps(self, model, x, t, y, cfg_scale, known, known_mask, w):
-        """ε̂ after reconstruction guidance (see `sample`): one forward and one backward pass.
-        x, known `B×c×P×L×L` float32, known_mask bool of that shape, t `B` (one timestep)."""
-        ab = self._at(self.alphas_cumprod, t, x)
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            eps = self.predict_eps(model, x, t, y, cfg_scale).float()
-            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
-            err = (x0 - known).pow(2).masked_fill(~known_mask, 0.0).sum()
-            grad, = torch.autograd.grad(err, x)
-        x, eps, x0 = x.detach(), eps.detach(), x0.detach()
-        x0 = x0 - torch.where(known_mask, 0.0, 0.5 * w * ab.sqrt() * grad)  # the known planes are replaced anyway
-        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()                 # the ε that this x̂0 implies at x
+def joint_xmodal_eps(diffusion, model, x, t, y, cfg_scale, xmodal_cfg, randn):
+    """ε̂ of joint sampling with cross-modal guidance [ours, after UniDiffuser]: each modality's ε̂
+    is pushed away from the one it makes when the OTHER modality is pure noise, ε̂_m = ε̂_m,u +
+    s·(ε̂_m,c − ε̂_m,u), as classifier-free guidance does with a label, the partner stream being
+    the condition. Only a denoiser trained with independent noise levels has seen the partner at
+    pure noise. x `B×c×P×L×L` float32, t `B`. One forward of three copies (both at t; the video
+    with the audio at pure noise; the audio with the video at pure noise), four with class
+    guidance, which adds (cfg_scale − 1)·(ε̂_c − ε̂(∅)) as in native_eps."""
+    video = VIDEO_PLANES.to(x.device)[None, None, :, None, None]
+    pure = torch.full_like(t, diffusion.num_timesteps - 1)
+    fresh = randn()
+    xs = [x, torch.where(video, x, fresh), torch.where(video, fresh, x)]
+    ts = [torch.stack([t, t], 1), torch.stack([t, pure], 1), torch.stack([pure, t], 1)]
+    use_class = y is not None and cfg_scale != 1.0
+    if use_class:
+        xs.append(x)
+        ts.append(ts[0])
+    labels = None if y is None else torch.cat([y, y, y] + ([torch.full_like(y, model.null_label)] if use_class else []))
+    outs = model(torch.cat(xs), torch.cat(ts), labels).chunk(len(xs))
+    eps = [diffusion.as_eps(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
+    alone = torch.where(video, eps[1], eps[2])            # each modality's ε̂ without its partner
+    out = alone + xmodal_cfg * (eps[0] - alone)
+    if use_class:
+        out = out + (cfg_scale - 1.0) * (eps[0] - eps[3])
+    return out
 
-    def step(self, x, eps, t, t_prev, sampler, eta, randn):
-        """One reverse step x_t → x_{t_prev} on the respaced grid (t_prev=None: the last step, to x0)."""
-        ab_t = self.alphas_cumprod[t].item()
-        ab_prev = self.alphas_cumprod[t_prev].item() if t_prev is not None else 1.0  # clean: ᾱ = 1
-        x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)        # invert q_sample; not clipped
-        if sampler == "ddpm":
-            beta = 1 - ab_t / ab_prev                                 # β of the respaced chain, from ᾱ
-            # posterior q(x_prev | x_t, x0): mean a·x0 + b·x_t, variance β̃
-            coef_x0 = math.sqrt(ab_prev) * beta / (1 - ab_t)
-            coef_xt = math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)
-            sigma = math.sqrt(beta * (1 - ab_prev) / (1 - ab_t))
-            x = coef_x0 * x0 + coef_xt * x
-        else:
-            # DDIM: re-noise the x0 estimate to the previous level along ε; σ goes from 0 (η=0,
-            # deterministic) to √β̃ (η=1, the same distribution as DDPM)
-            sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
-            x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
-        if sigma > 0:                                                 # no noise on the last step (σ = 0)
-            x = x + sigma * randn()
-        return x
 
-    def dpm_step(self, x, eps, t, t_prev, history):
-        """One DPM-Solver++(2M) step x_t → x_{t_prev} (Lu et al. 2022, multistep, data prediction):
-        returns (x_{t_prev}, history for the next step).
+def guided_eps(diffusion, model, x, t, y, cfg_scale, known, known_mask, w):
+    """ε̂ after reconstruction guidance (see `sample_latent`): one forward and one backward pass.
+    x, known `B×c×P×L×L` float32, known_mask bool of that shape, t `B` (one timestep)."""
+    ab = diffusion._at(diffusion.alphas_cumprod, t, x)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        eps = diffusion.predict_eps(model, x, t, y, cfg_scale).float()
+        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        err = (x0 - known).pow(2).masked_fill(~known_mask, 0.0).sum()
+        grad, = torch.autograd.grad(err, x)
+    x, eps, x0 = x.detach(), eps.detach(), x0.detach()
+    x0 = x0 - torch.where(known_mask, 0.0, 0.5 * w * ab.sqrt() * grad)  # the known planes are replaced anyway
+    return (x - ab.sqrt() * x0) / (1 - ab).sqrt()                 # the ε that this x̂0 implies at x
 
-        With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h = λ_prev − λ_t and x̂0 = (x − σ_t·ε̂)/α_t:
-          x_prev = (σ_prev/σ_t)·x_t − α_prev·(e^(−h) − 1)·D
-        D = x̂0 on the first step (no history: DDIM's update) and
-        D = (1 + 1/(2r))·x̂0 − 1/(2r)·x̂0_before, r = h_before/h, afterwards: the second-order
-        multistep correction. The last steps are first order, as the reference recipe ends: the one
-        into t = 0 and the one from there to clean (t_prev=None, σ = 0, λ = ∞), which is x_0 = x̂0."""
-        ab_t = self.alphas_cumprod[t].item()
-        alpha_t, sigma_t = math.sqrt(ab_t), math.sqrt(1 - ab_t)
-        x0 = (x - sigma_t * eps) / alpha_t                           # invert q_sample; not clipped
-        if t_prev is None:
-            return x0, None
-        ab_prev = self.alphas_cumprod[t_prev].item()
-        alpha_prev, sigma_prev = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
-        h = math.log(alpha_prev / sigma_prev) - math.log(alpha_t / sigma_t)
-        d = x0
-        # first order into t = 0 as well: that step is the last real one (σ_0 ≈ 0.01), and on a grid
-        # uniform in t its λ-step is several times the one before, where the 2M extrapolation
-        # (weight 1/(2r) on the older x̂0) overshoots
-        if history is not None and t_prev > 0:
-            x0_before, h_before = history
-            r = h_before / h
-            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_before
-        x = (sigma_prev / sigma_t) * x - alpha_prev * math.expm1(-h) * d
-        return x, (x0, h)
+
+# ---- one reverse step x_t → x_{t_prev}, given ε̂ ----
+
+def ddim_step(diffusion, x, eps, t, t_prev, sampler, eta, randn):
+    """One DDIM step (η = eta) or, for sampler "ddpm", one ancestral step x_t → x_{t_prev} on the
+    respaced grid (t_prev=None: the last step, to x0)."""
+    ab_t = diffusion.alphas_cumprod[t].item()
+    ab_prev = diffusion.alphas_cumprod[t_prev].item() if t_prev is not None else 1.0  # clean: ᾱ = 1
+    x0 = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)        # invert q_sample; not clipped
+    if sampler == "ddpm":
+        beta = 1 - ab_t / ab_prev                                 # β of the respaced chain, from ᾱ
+        # posterior q(x_prev | x_t, x0): mean a·x0 + b·x_t, variance β̃
+        coef_x0 = math.sqrt(ab_prev) * beta / (1 - ab_t)
+        coef_xt = math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab_t)
+        sigma = math.sqrt(beta * (1 - ab_prev) / (1 - ab_t))
+        x = coef_x0 * x0 + coef_xt * x
+    else:
+        # DDIM: re-noise the x0 estimate to the previous level along ε; σ goes from 0 (η=0,
+        # deterministic) to √β̃ (η=1, the same distribution as DDPM)
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
+    if sigma > 0:                                                 # no noise on the last step (σ = 0)
+        x = x + sigma * randn()
+    return x
+
+
+def dpm_step(diffusion, x, eps, t, t_prev, history, eta, randn):
+    """One DPM-Solver++(2M) step x_t → x_{t_prev} (Lu et al. 2022, multistep, data prediction):
+    returns (x_{t_prev}, history for the next step).
+
+    With α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ), h = λ_prev − λ_t and x̂0 = (x − σ_t·ε̂)/α_t:
+      x_prev = (σ_prev/σ_t)·e^(−ηh)·x_t + α_prev·(1 − e^(−(1+η)h))·D + σ_prev·√(1 − e^(−2ηh))·z
+    η = 0 is the probability-flow ODE solver; η = 1 its SDE form (SDE-DPM-Solver++(2M), as
+    diffusers' "sde-dpmsolver++"), whose first-order step is exactly DDPM's posterior step, the
+    same as DDIM at η = 1: fresh noise z each step, as there, for the same reason (README, "Fewer
+    denoiser calls": it syncs better at a given step count).
+    D = x̂0 on the first step (no history: DDIM's update) and
+    D = (1 + 1/(2r))·x̂0 − 1/(2r)·x̂0_before, r = h_before/h, afterwards: the second-order
+    multistep correction. The last steps are first order, as the reference recipe ends: the one
+    into t = 0 and the one from there to clean (t_prev=None, σ = 0, λ = ∞), which is x_0 = x̂0."""
+    ab_t = diffusion.alphas_cumprod[t].item()
+    alpha_t, sigma_t = math.sqrt(ab_t), math.sqrt(1 - ab_t)
+    x0 = (x - sigma_t * eps) / alpha_t                           # invert q_sample; not clipped
+    if t_prev is None:
+        return x0, None
+    ab_prev = diffusion.alphas_cumprod[t_prev].item()
+    alpha_prev, sigma_prev = math.sqrt(ab_prev), math.sqrt(1 - ab_prev)
+    h = math.log(alpha_prev / sigma_prev) - math.log(alpha_t / sigma_t)
+    d = x0
+    # first order into t = 0 as well: that step is the last real one (σ_0 ≈ 0.01), and on a grid
+    # uniform in t its λ-step is several times the one before, where the 2M extrapolation
+    # (weight 1/(2r) on the older x̂0) overshoots
+    if history is not None and t_prev > 0:
+        x0_before, h_before = history
+        r = h_before / h
+        d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_before
+    x = (sigma_prev / sigma_t) * math.exp(-eta * h) * x - alpha_prev * math.expm1(-(1 + eta) * h) * d
+    if eta > 0:
+        x = x + sigma_prev * math.sqrt(-math.expm1(-2 * eta * h)) * randn()
+    return x, (x0, h)

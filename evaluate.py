@@ -56,7 +56,7 @@ i3d = ""                # TorchScript video feature network (FVD, KVD); none: nu
 audio_net = ""          # TorchScript audio embedding network (FAD); none: null + reason
 sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
 steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
-eta = 1.0               # DDIM's noise: 1 = DDPM-like (better sync, README), 0 = deterministic; ddim only
+eta = 1.0               # ddim / dpm++ noise: 1 = DDPM-like (better sync, README), 0 = deterministic
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 cfg_scale = 1.0         # classifier-free guidance scale; 1 = none
 conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)

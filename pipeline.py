@@ -22,7 +22,7 @@ import torch
 from autoencoder import MDSA
 from audio import frames_to_wave, wave_to_frames
 from config import DIT_FIELDS, Config
-from diffusion import Diffusion
+from diffusion import Diffusion, sample_latent
 from model import VIDEO_PLANES, STDiT, stack_planes, unstack_planes
 
 # ----------------------------------------------------------------------------- device and precision
@@ -167,11 +167,12 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
 
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
-    conditioning  how a2v / v2a hold the given planes (Diffusion.sample): "native" (clean, at t = 0,
-                  with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
+    conditioning  how a2v / v2a hold the given planes (diffusion.sample_latent): "native" (clean, at
+                  t = 0, with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
                   reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint sampling
-                  uses `xmodal_cfg` too: each modality guided by the other (Diffusion.joint_xmodal_eps).
-    eta           DDIM's noise (0 deterministic, 1 DDPM-like); the other samplers set their own.
+                  uses `xmodal_cfg` too: each modality guided by the other (diffusion.joint_xmodal_eps).
+    eta           the noise of "ddim" and "dpm++" (0: deterministic; 1: DDPM-like; see
+                  diffusion.sample_latent); "ddpm" sets its own.
     generator     the one source of randomness: the same seed gives the same clips.
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
@@ -206,12 +207,12 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
     how = conditioning_for(cfg, conditioning)
-    z = m.diffusion.sample(m.dit, shape, sampler=sampler, steps=steps, y=y, cfg_scale=cfg_scale,
-                           eta=eta if sampler == "ddim" else 0.0,       # DDIM's noise; the others set their own
-                           known=known, known_mask=known_mask, conditioning=how, grid=grid,
-                           guidance=guidance if how == "replace" else 0.0,     # each scale belongs to one way
-                           xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0,
-                           noise=noise, generator=generator, progress=progress)
+    z = sample_latent(m.diffusion, m.dit, shape, sampler=sampler, steps=steps, y=y, cfg_scale=cfg_scale,
+                      eta=eta if sampler != "ddpm" else 0.0,       # ancestral sampling sets its own
+                      known=known, known_mask=known_mask, conditioning=how, grid=grid,
+                      guidance=guidance if how == "replace" else 0.0,     # each scale belongs to one way
+                      xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0,
+                      noise=noise, generator=generator, progress=progress)
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
     wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)

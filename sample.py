@@ -30,7 +30,7 @@ n = 8                   # clips to sample
 batch_size = 16         # clips per sampling batch
 sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
 steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
-eta = 1.0               # DDIM's noise: 1 = DDPM-like (better sync, README), 0 = deterministic; ddim only
+eta = 1.0               # ddim / dpm++ noise: 1 = DDPM-like (better sync, README), 0 = deterministic
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 class_label = -1        # the class to sample; -1 = cycle through the classes
 cfg_scale = 1.0         # classifier-free guidance scale (1 = no guidance)
