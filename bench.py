@@ -16,8 +16,9 @@ Prints markdown tables (and writes them to out_dir/bench.md). No pass/fail: numb
     modalities (`model.unprojected_stdit`).
   - Achieved FLOP/s of a training step is reported against a matrix product's FLOP/s measured in the
     same process and the same precision as the steps: the model FLOPs utilisation, MFU.
-  - Sampling cost per clip is counted for each sampler at its default step count, beside
-    MM-Diffusion's (MM_DIFFUSION_TFLOPS, counted the same way on its released code).
+  - Sampling cost per clip is counted for each sampler at its default step count and for
+    DPM-Solver++ at FEW_STEPS, beside MM-Diffusion's (MM_DIFFUSION_TFLOPS, counted the same way on
+    its released code).
 """
 import os
 import platform
@@ -86,20 +87,26 @@ def count(cfg) -> dict:
 MM_DIFFUSION_TFLOPS = 531.9
 
 
+# DPM-Solver++ at 20 steps: the cheap setting (`--steps 20`) whose sync the README sets beside DDIM-50's.
+FEW_STEPS = 20
+
+
 def sampler_table(presets) -> str:
-    """TFLOPs per clip of each sampler at its default step count (denoiser calls + one decode),
-    beside MM-Diffusion's cost per clip at the `paper` size."""
+    """TFLOPs per clip (denoiser calls + one decode) of each sampler at its default step count, of
+    DPM-Solver++ at FEW_STEPS, and with cross-modal guidance, beside MM-Diffusion's at `paper`."""
     rows = []
     for p in presets:
         r = count(get_config(p))
-        k = DEFAULT_STEPS["dpm++"]
-        guided = [(f"dpm++-{k}, A2V/V2A with cross-modal guidance", 2 * k), (f"dpm++-{k}, joint with cross-modal guidance", 3 * k)]
-        for label, forwards in [(f"{s}-{DEFAULT_STEPS[s]}", DEFAULT_STEPS[s]) for s in SAMPLERS] + guided:
+        runs = [(f"{s}-{DEFAULT_STEPS[s]}", DEFAULT_STEPS[s]) for s in SAMPLERS] + [(f"dpm++-{FEW_STEPS}", FEW_STEPS)]
+        for k in (FEW_STEPS, DEFAULT_STEPS["dpm++"]):     # guidance batches 2 copies (A2V/V2A) or 3 (joint)
+            runs += [(f"dpm++-{k}, A2V/V2A with cross-modal guidance", 2 * k),
+                     (f"dpm++-{k}, joint with cross-modal guidance", 3 * k)]
+        for label, forwards in runs:
             tflops = (forwards * r["dit"] + r["ae_decode"]) / 1e12
             ratio = f"{MM_DIFFUSION_TFLOPS / tflops:.1f}×" if p == "paper" else ""
             rows.append((p, label, forwards, f"{tflops:.3f}", ratio))
     rows.append(("MM-Diffusion (64² base, DPM-Solver-20 + SR DDIM-25)", "", 45, f"{MM_DIFFUSION_TFLOPS:.1f}", "1.0×"))
-    return ("\nTFLOPs per clip by sampler at its default steps (cross-modal guidance batches 2 copies for\n"
+    return ("\nTFLOPs per clip by sampler and step count (cross-modal guidance batches 2 copies for\n"
             "A2V/V2A, 3 for joint sampling):\n\n"
             + table(["preset", "sampler", "denoiser forwards", "TFLOPs per clip (+ decode)",
                      "MM-Diffusion ÷ this (paper)"], rows))
@@ -176,19 +183,19 @@ def timed_steps(cfg, dev, a, peak) -> list:
     dit.eval()
 
     @torch.no_grad()
-    def sample(n, sampler):
+    def sample(n, sampler, steps):
         with amp:
-            x = sample_latent(diffusion, fwd, (n, *latent_shape(cfg)), sampler=sampler, steps=DEFAULT_STEPS[sampler])
+            x = sample_latent(diffusion, fwd, (n, *latent_shape(cfg)), sampler=sampler, steps=steps)
             v, au = ae.decode(unstack_planes(x))
         return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
 
-    for sampler in ("ddim", "dpm++"):
+    for sampler, steps in (("ddim", DEFAULT_STEPS["ddim"]), ("dpm++", FEW_STEPS)):
         for n in (1, db):
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            sec = median_time(lambda: sample(n, sampler), dev, max(1, a["repeats"] // 2))
+            sec = median_time(lambda: sample(n, sampler, steps), dev, max(1, a["repeats"] // 2))
             mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-            rows.append((f"sample {sampler}-{DEFAULT_STEPS[sampler]} + decode + GL", n, f"{sec * 1e3:.0f} ms",
+            rows.append((f"sample {sampler}-{steps} + decode + GL", n, f"{sec * 1e3:.0f} ms",
                          f"{n / sec:.2f}", "", "", f"{mem:.2f}" if mem == mem else "-"))
     return rows
 
@@ -213,21 +220,21 @@ def gpu_sampling_checks(cfg, dev, repeats) -> str:
         except RuntimeError as e:
             flash = f"refused: {str(e).splitlines()[0]}"
 
-    def one_clip(model, sampler):
+    def one_clip(model, sampler, steps):
         with amp:
-            return sample_latent(diffusion, model, shape, sampler=sampler, steps=DEFAULT_STEPS[sampler])
+            return sample_latent(diffusion, model, shape, sampler=sampler, steps=steps)
 
     rows = [("flash attention forced (SDPBackend.FLASH_ATTENTION)", flash)]
-    for sampler in ("ddim", "dpm++"):
-        rows.append((f"one `paper` clip, {sampler}-{DEFAULT_STEPS[sampler]}, eager (denoiser only)",
-                     f"{median_time(lambda: one_clip(dit, sampler), dev, repeats) * 1e3:.0f} ms"))
+    for sampler, steps in (("ddim", DEFAULT_STEPS["ddim"]), ("dpm++", FEW_STEPS)):
+        rows.append((f"one `paper` clip, {sampler}-{steps}, eager (denoiser only)",
+                     f"{median_time(lambda: one_clip(dit, sampler, steps), dev, repeats) * 1e3:.0f} ms"))
     compiled = torch.compile(dit)
     t0 = time.perf_counter()
-    one_clip(compiled, "dpm++")                      # the first call compiles
+    one_clip(compiled, "dpm++", FEW_STEPS)           # the first call compiles
     sync(dev)
     rows.append(("compile of the sampling forward (first dpm++ clip)", f"{time.perf_counter() - t0:.1f} s"))
-    rows.append((f"one `paper` clip, dpm++-{DEFAULT_STEPS['dpm++']}, compiled",
-                 f"{median_time(lambda: one_clip(compiled, 'dpm++'), dev, repeats) * 1e3:.0f} ms"))
+    rows.append((f"one `paper` clip, dpm++-{FEW_STEPS}, compiled",
+                 f"{median_time(lambda: one_clip(compiled, 'dpm++', FEW_STEPS), dev, repeats) * 1e3:.0f} ms"))
     return "\nGPU checks at `paper` (bf16 autocast):\n\n" + table(["check", "result"], rows)
 
 

@@ -54,8 +54,8 @@ n = 16                  # clips per set for ae / gen / a2v / v2a / xmodal: gener
 fvd_n = 0               # clips per set for FVD / KVD / FAD; 0 = 2048 (§7) on a GPU, n on a CPU
 i3d = ""                # TorchScript video feature network (FVD, KVD); none: null + reason
 audio_net = ""          # TorchScript audio embedding network (FAD); none: null + reason
-sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
-steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
+sampler = "dpm++"       # "dpm++" (DPM-Solver++(2M)), "ddim" or "ddpm" (ancestral)
+steps = 0               # denoiser calls per clip; 0 = the sampler's default (dpm++ 50, ddim 50, ddpm 250)
 eta = 1.0               # ddim / dpm++ noise: 1 = DDPM-like (better sync, README), 0 = deterministic
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 cfg_scale = 1.0         # classifier-free guidance scale; 1 = none

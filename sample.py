@@ -1,9 +1,10 @@
 """
 Sample sounding videos from trained checkpoints (PAPER.md §5).
 
-  python sample.py                                     # 8 joint clips, DDIM-50, into out/samples/
+  python sample.py                                     # 8 joint clips, DPM-Solver++(2M)-50, into out/samples/
+  python sample.py --steps 20                          # 20 denoiser calls instead of 50, sync nearly as good
+  python sample.py --sampler ddim                      # DDIM-50
   python sample.py --n 16 --sampler ddpm --steps 250   # ancestral sampling, respaced to 250 steps
-  python sample.py --sampler dpm++                     # DPM-Solver++(2M): 20 denoiser calls instead of 50
   python sample.py --class 2 --cfg 3.0                 # class-conditional with classifier-free guidance
   python sample.py --mode a2v --cond clip.mp4          # audio-to-video: keep clip.mp4's sound
   python sample.py --mode v2a --cond clip.mp4          # video-to-audio: keep clip.mp4's frames
@@ -28,8 +29,8 @@ from pipeline import CONDITIONINGS, autocast, generate, load_models, pick_device
 out_dir = "out"         # where ae.pt and dit.pt are; samples go to out_dir/samples
 n = 8                   # clips to sample
 batch_size = 16         # clips per sampling batch
-sampler = "ddim"        # "ddim", "ddpm" (ancestral) or "dpm++" (DPM-Solver++(2M))
-steps = 0               # denoiser calls per clip; 0 = the sampler's default (ddim 50, ddpm 250, dpm++ 20)
+sampler = "dpm++"       # "dpm++" (DPM-Solver++(2M)), "ddim" or "ddpm" (ancestral)
+steps = 0               # denoiser calls per clip; 0 = the sampler's default (dpm++ 50, ddim 50, ddpm 250)
 eta = 1.0               # ddim / dpm++ noise: 1 = DDPM-like (better sync, README), 0 = deterministic
 grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
 class_label = -1        # the class to sample; -1 = cycle through the classes

@@ -67,7 +67,7 @@ def test_cli_protocol(toy_eval, toy_out, nets):
         ck = p["checkpoints"][stage]
         assert ck["step"] == 2 and ck["reason"] is None and ck["sha256"] == file_sha256(f"{toy_out}/{stage}.pt")
     g = p["generation"]
-    assert (g["source"], g["sampler"], g["steps"], g["eta"]) == ("sampled", "ddim", 2, 1.0)
+    assert (g["source"], g["sampler"], g["steps"], g["eta"]) == ("sampled", "dpm++", 2, 1.0)
     assert p["networks"]["video"]["sha256"] == file_sha256(nets["video"])
     assert p["networks"]["audio"]["sha256"] is None and "--audio_net" in p["networks"]["audio"]["reason"]
 

@@ -43,7 +43,7 @@ def trained(tmp_path_factory):
 
 
 def test_end_to_end_writes_mp4_with_1_6_s_of_sound(trained):
-    sample.main(["--out_dir", trained, "--n", "1", "--sampler", "dpm++", "--steps", "4"])   # eta is DDIM's alone
+    sample.main(["--out_dir", trained, "--n", "1", "--sampler", "dpm++", "--steps", "4"])
     sample.main(["--out_dir", trained, "--n", "1", "--steps", "5"])
     mp4 = os.path.join(trained, "samples", "000.mp4")
     assert abs(audio_seconds(mp4) - 1.6) < 0.03
