@@ -60,10 +60,10 @@ class Config:
     schedule: str = "linear"    # "linear" (1e-4 → 0.02) or "cosine"
     prediction: str = "v"       # what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
                                 # a clip's layout (when the disc hits, when it clicks) is decided
-    mix_equal: float = 0.5      # training share of t_v = t_a: the joint generation that sampling starts from
-    mix_independent: float = 0.25  # share of independent t_v, t_a: each modality learns to read a
+    mix_equal: float = 0.3      # training share of t_v = t_a: the joint generation that sampling starts from
+    mix_independent: float = 0.35  # share of independent t_v, t_a: each modality learns to read a
                                    # partner at any other noise level (cross-modal guidance's input)
-    mix_clean: float = 0.25     # share with one modality clean (t = 0): A2V and V2A as sampled natively
+    mix_clean: float = 0.35     # share with one modality clean (t = 0): A2V and V2A as sampled natively
 
     # ---- derived sizes ----
     @property
