@@ -100,7 +100,8 @@ def sampler_table(presets) -> str:
         runs = [(f"{s}-{DEFAULT_STEPS[s]}", DEFAULT_STEPS[s]) for s in SAMPLERS] + [(f"dpm++-{FEW_STEPS}", FEW_STEPS)]
         for k in (FEW_STEPS, DEFAULT_STEPS["dpm++"]):     # guidance batches 2 copies (A2V/V2A) or 3 (joint)
             runs += [(f"dpm++-{k}, A2V/V2A with cross-modal guidance", 2 * k),
-                     (f"dpm++-{k}, joint with cross-modal guidance", 3 * k)]
+                     (f"dpm++-{k}, joint with cross-modal guidance", 3 * k),
+                     (f"dpm++-{k}, the same, then the audio re-drawn (--resample_audio)", 5 * k)]  # + a V2A run
         for label, forwards in runs:
             tflops = (forwards * r["dit"] + r["ae_decode"]) / 1e12
             ratio = f"{MM_DIFFUSION_TFLOPS / tflops:.1f}×" if p == "paper" else ""

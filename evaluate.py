@@ -61,6 +61,7 @@ grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr"
 cfg_scale = 1.0         # classifier-free guidance scale; 1 = none
 conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)
 xmodal_cfg = 4.0        # cross-modal guidance scale, joint and native a2v / v2a (1 = none; PAPER.md §5)
+resample_audio = True   # joint: then re-draw the audio given the finished video, as v2a does (a Gibbs step; README)
 guidance = 16.0         # replace a2v / v2a: reconstruction guidance weight (0 = replacement alone)
 batch_size = 16         # clips per sampling / autoencoder / feature batch
 seed = 0                # the one seed of every generated clip
@@ -209,7 +210,8 @@ def sample(ctx, k, **kw):
     with autocast(ctx.device):
         video, wave = generate(models(ctx), k, sampler=a["sampler"], steps=a["steps"], eta=a["eta"], grid=a["grid"],
                                cfg_scale=a["cfg_scale"], conditioning=a["conditioning"], guidance=a["guidance"],
-                               xmodal_cfg=a["xmodal_cfg"], generator=ctx.gen, **kw)
+                               xmodal_cfg=a["xmodal_cfg"], resample_audio=a["resample_audio"],
+                               generator=ctx.gen, **kw)
     return video.float().cpu(), wave.float().cpu()
 
 
@@ -376,7 +378,8 @@ def run_protocol(ctx, parts) -> dict:
     generation = (dict(source=a["samples"], files=len(ctx.files)) if ctx.files else
                   dict(source="sampled", sampler=a["sampler"], steps=a["steps"], eta=a["eta"], grid=a["grid"],
                        cfg_scale=a["cfg_scale"], conditioning=a["conditioning"], xmodal_cfg=a["xmodal_cfg"],
-                       zero_shot_guidance=a["guidance"], seed=a["seed"], batch_size=a["batch_size"],
+                       resample_audio=a["resample_audio"], zero_shot_guidance=a["guidance"], seed=a["seed"],
+                       batch_size=a["batch_size"],
                        scored_as="decoded tensors (not re-encoded to mp4)"))
     return dict(parts=list(parts), out=os.path.join(a["out_dir"], "eval.json"), split=split_name(ctx), n=a["n"],
                 fvd_n=ctx.fvd_n, frames=cfg.frames, fps=cfg.fps, resolution=cfg.image_size,
@@ -451,7 +454,8 @@ def summary(results) -> str:
              f"{p['sample_rate']} Hz; n = {p['n']}, fvd_n = {p['fvd_n']}",
              f"  ae.pt {step('ae')}, dit.pt {step('dit')}; generated: " +
              (f"{gen['source']} ({gen['files']} files)" if "files" in gen else
-              f"{gen['sampler']}-{gen['steps']}, eta {gen['eta']}, cfg {gen['cfg_scale']}, seed {gen['seed']}; "
+              f"{gen['sampler']}-{gen['steps']}, eta {gen['eta']}, cfg {gen['cfg_scale']}, seed {gen['seed']}"
+              f"{', audio re-drawn given the video' if gen.get('resample_audio') else ''}; "
               f"a2v/v2a: conditioning {gen['conditioning']}, xmodal_cfg {gen['xmodal_cfg']}, "
               f"reconstruction guidance {gen['zero_shot_guidance']}")]
     reference, rows = {}, []

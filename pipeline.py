@@ -6,9 +6,10 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
     cannot run code), and refused with a message that says what to run when they do not fit;
   - `load_models`: MDSA + the STDiT's EMA weights + the latent scale, rebuilt from the configs the
     checkpoints carry;
-  - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, or A2V / V2A from a
-    given clip: natively, with the given modality's planes clean, or by MM-Diffusion's replacement
-    trick with reconstruction guidance [ours]), undo the latent scale, unstack the six planes,
+  - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, optionally with the
+    audio re-drawn given the finished video, or A2V / V2A from a given clip: natively, with the
+    given modality's planes clean, or by MM-Diffusion's replacement trick with reconstruction
+    guidance [ours]), undo the latent scale, unstack the six planes,
     decode them with MDSA (§3) and invert the mel frames to a waveform (§2);
   - `pick_device` and the precision switch the scripts share.
 """
@@ -162,7 +163,7 @@ def conditioning_for(cfg: Config, conditioning: str) -> str:
 def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wave=None, label=None,
              cfg_scale: float = 1.0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
              conditioning: str = "auto", guidance: float = 0.0, xmodal_cfg: float = 1.0, grid: str = "time",
-             generator=None, progress: bool = False):
+             resample_audio: bool = False, generator=None, progress: bool = False):
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
@@ -171,6 +172,11 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
                   t = 0, with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
                   reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint sampling
                   uses `xmodal_cfg` too: each modality guided by the other (diffusion.joint_xmodal_eps).
+    resample_audio  joint only: after the joint sample, draw the audio again from p(audio | video) given
+                  the finished video, exactly as v2a does (the same conditioning and scales). One
+                  Gibbs step: if (video, audio) came from p, re-drawing one of them from its conditional
+                  leaves the pair distributed as p; the model's V2A places clicks far closer to a
+                  video's hits than its joint sampler does (README). Costs a second run of `steps`.
     eta           the noise of "ddim" and "dpm++" (0: deterministic; 1: DDPM-like; see
                   diffusion.sample_latent); "ddpm" sets its own.
     generator     the one source of randomness: the same seed gives the same clips.
@@ -207,12 +213,14 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
     how = conditioning_for(cfg, conditioning)
-    z = sample_latent(m.diffusion, m.dit, shape, sampler=sampler, steps=steps, y=y, cfg_scale=cfg_scale,
-                      eta=eta if sampler != "ddpm" else 0.0,       # ancestral sampling sets its own
-                      known=known, known_mask=known_mask, conditioning=how, grid=grid,
-                      guidance=guidance if how == "replace" else 0.0,     # each scale belongs to one way
-                      xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0,
-                      noise=noise, generator=generator, progress=progress)
+    run = functools.partial(sample_latent, m.diffusion, m.dit, shape, sampler=sampler, steps=steps, y=y,
+                            cfg_scale=cfg_scale, eta=eta if sampler != "ddpm" else 0.0,  # ancestral sets its own
+                            conditioning=how, grid=grid, generator=generator, progress=progress,
+                            guidance=guidance if how == "replace" else 0.0)   # each scale belongs to one way
+    z = run(known=known, known_mask=known_mask, noise=noise,
+            xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0)
+    if resample_audio and mode == "joint":                      # the Gibbs step: the video planes kept
+        z = run(known=z, known_mask=VIDEO_PLANES.to(dev), xmodal_cfg=xmodal_cfg if how == "native" else 1.0)
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
     wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)

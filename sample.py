@@ -3,6 +3,7 @@ Sample sounding videos from trained checkpoints (PAPER.md §5).
 
   python sample.py                                     # 8 joint clips, DPM-Solver++(2M)-50, into out/samples/
   python sample.py --steps 20                          # 20 denoiser calls instead of 50, sync nearly as good
+  python sample.py --resample_audio false             # joint in one run of the sampler, no second audio pass
   python sample.py --sampler ddim                      # DDIM-50
   python sample.py --n 16 --sampler ddpm --steps 250   # ancestral sampling, respaced to 250 steps
   python sample.py --class 2 --cfg 3.0                 # class-conditional with classifier-free guidance
@@ -39,6 +40,7 @@ mode = "joint"          # "joint", "a2v" (given audio -> video) or "v2a" (given 
 cond = ""               # the clip to condition on in a2v / v2a: any file the folder dataset reads
 conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)
 xmodal_cfg = 4.0        # cross-modal guidance scale, joint and native a2v / v2a (1 = none; PAPER.md §5)
+resample_audio = True   # joint: then re-draw the audio given the finished video, as v2a does (a Gibbs step; README)
 guidance = 16.0         # replace a2v / v2a: reconstruction guidance weight (0 = replacement alone)
 seed = 0                # the one seed of every random draw: the same seed writes the same clips
 device = "auto"         # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
@@ -84,7 +86,8 @@ def main(argv):
                                    label=a["class_label"] if a["class_label"] >= 0 else None,
                                    cfg_scale=a["cfg_scale"], sampler=a["sampler"], steps=a["steps"], eta=a["eta"],
                                    grid=a["grid"], conditioning=a["conditioning"], guidance=a["guidance"],
-                                   xmodal_cfg=a["xmodal_cfg"], generator=gen, progress=a["n"] <= a["batch_size"])
+                                   xmodal_cfg=a["xmodal_cfg"], resample_audio=a["resample_audio"], generator=gen,
+                                   progress=a["n"] <= a["batch_size"])
         for i in range(k):
             write_mp4(os.path.join(out, f"{start + i:03d}.mp4"), video[i], wave[i], cfg)
             write_wav(os.path.join(out, f"{start + i:03d}.wav"), wave[i], cfg.sample_rate)
