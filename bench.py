@@ -93,7 +93,9 @@ FEW_STEPS = 20
 
 def sampler_table(presets) -> str:
     """TFLOPs per clip (denoiser calls + one decode) of each sampler at its default step count, of
-    DPM-Solver++ at FEW_STEPS, and with cross-modal guidance, beside MM-Diffusion's at `paper`."""
+    DPM-Solver++ at FEW_STEPS, with cross-modal guidance, and with a joint clip's audio re-drawn
+    given its video (`--resample_audio`: a guided V2A run after the joint one), beside
+    MM-Diffusion's at `paper`."""
     rows = []
     for p in presets:
         r = count(get_config(p))

@@ -3,7 +3,7 @@ Sample sounding videos from trained checkpoints (PAPER.md §5).
 
   python sample.py                                     # 8 joint clips, DPM-Solver++(2M)-50, into out/samples/
   python sample.py --steps 20                          # 20 denoiser calls instead of 50, sync nearly as good
-  python sample.py --resample_audio false             # joint in one run of the sampler, no second audio pass
+  python sample.py --resample_audio false              # joint in one run of the sampler, no second audio pass
   python sample.py --sampler ddim                      # DDIM-50
   python sample.py --n 16 --sampler ddpm --steps 250   # ancestral sampling, respaced to 250 steps
   python sample.py --class 2 --cfg 3.0                 # class-conditional with classifier-free guidance
