@@ -4,7 +4,8 @@ The attention family of MDSA (PAPER.md §3), all on one fused primitive.
 Every module here works on a feature grid laid out as tokens, `B×T'×Q×D`: B clips, T' latent frames,
 Q = h·w tokens per frame, D channels (channels last, so every projection is a plain `nn.Linear`).
 The two streams share T' (the same instants) but may have different Q (Qv video, Qa audio tokens).
-Inside this file T' is written T.
+Inside this file T' is written T. The einops patterns use these letters, plus H heads of d = D/H
+channels, n a sequence's length and, in GCM-Attn, k groups of g frames (T = k·g).
 
   `attention`                 one multi-head SDPA call; every module below goes through it     [ours]
   `SpatialSelfAttention`      self-attention among the Q tokens of each frame                  [ours]
@@ -22,6 +23,7 @@ and training grows the new paths from a working residual stream (the adaLN-Zero 
 """
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -35,15 +37,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     The leading axes are folded into one batch axis so that the call is the 4D `B'×H×n×d` layout the
     fused kernels (flash / memory-efficient on GPU) expect; softmax(QKᵀ/√d)V is never written out.
     """
-    lead, dim = q.shape[:-2], q.shape[-1]
+    dim = q.shape[-1]
     if dim % heads:
         raise ValueError(f"attention: width {dim} is not divisible by {heads} heads")
 
-    def split(t):  # ...×n×D → B'×H×n×d
-        return t.reshape(-1, t.shape[-2], heads, dim // heads).transpose(1, 2)
+    def split(t):  # the leading axes into one batch axis, the width into heads
+        return rearrange(t, "... n (H d) -> (...) H n d", H=heads)
 
-    out = sdpa(split(q), split(k), split(v))
-    return out.transpose(1, 2).reshape(*lead, q.shape[-2], dim)
+    out = sdpa(split(q), split(k), split(v))                       # B'×H×nq×d
+    return rearrange(out, "... H n d -> ... n (H d)").reshape(q.shape)  # heads merged, q's axes back
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -115,7 +117,7 @@ class MTSelfAttn(nn.Module):
         for s in self.scales:
             if T % s:
                 raise ValueError(f"MTSelfAttn: scale {s} does not divide T={T} frames")
-        qkv = self.to_qkv(self.norm(x)).transpose(1, 2)         # B×Q×T×3D: time is the sequence axis
+        qkv = rearrange(self.to_qkv(self.norm(x)), "B T Q D -> B Q T D")   # time is the sequence axis
         weights = self.scale_logits.softmax(0)
         fused = 0
         for w, s in zip(weights, self.scales):                   # 3 scales, not a loop over data
@@ -123,7 +125,7 @@ class MTSelfAttn(nn.Module):
             q, k, v = pooled.chunk(3, dim=-1)
             y = attention(q, k, v, self.heads)                   # B×Q×(T/s)×D
             fused = fused + w * (y if s == 1 else y.repeat_interleave(s, dim=2))  # nearest upsample
-        return self.out(fused.transpose(1, 2))                   # back to B×T×Q×D
+        return self.out(rearrange(fused, "B Q T D -> B T Q D"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,14 +149,14 @@ class GCMAttn(nn.Module):
         self.out_v, self.out_a = _zero(nn.Linear(dim, dim)), _zero(nn.Linear(dim, dim))
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor):
-        B, T, Qv, D = video.shape
-        Qa, g = audio.shape[2], self.group
+        T, g = video.shape[1], self.group
         if T % g or audio.shape[1] != T:
             raise ValueError(f"GCMAttn: group g={g} must divide T, got video T={T}, audio T={audio.shape[1]}")
-        qv, kv, vv = self.qkv_v(self.norm_v(video)).reshape(B, T // g, g * Qv, 3 * D).chunk(3, dim=-1)
-        qa, ka, va = self.qkv_a(self.norm_a(audio)).reshape(B, T // g, g * Qa, 3 * D).chunk(3, dim=-1)
-        video_upd = attention(qv, ka, va, self.heads).reshape(B, T, Qv, D)   # video ← audio
-        audio_upd = attention(qa, kv, vv, self.heads).reshape(B, T, Qa, D)   # audio ← video
+        # one sequence per group: its g frames' tokens, in time order
+        qv, kv, vv = rearrange(self.qkv_v(self.norm_v(video)), "B (k g) Q D -> B k (g Q) D", g=g).chunk(3, dim=-1)
+        qa, ka, va = rearrange(self.qkv_a(self.norm_a(audio)), "B (k g) Q D -> B k (g Q) D", g=g).chunk(3, dim=-1)
+        video_upd = rearrange(attention(qv, ka, va, self.heads), "B k (g Q) D -> B (k g) Q D", g=g)  # video ← audio
+        audio_upd = rearrange(attention(qa, kv, vv, self.heads), "B k (g Q) D -> B (k g) Q D", g=g)  # audio ← video
         return self.out_v(video_upd), self.out_a(audio_upd)
 
 

@@ -27,11 +27,17 @@ Token layout inside the network: `B×P×Q×D`, P latent frames (the 6 planes), Q
 plane, D = cfg.dit_width. Spatial attention folds P into the batch; temporal attention folds Q
 (or, by rows, the row index) into the batch; there are no Python loops over planes, so the forward
 compiles into one graph.
+
+The regroups are einops patterns in these letters: B batch, c latent channels, P planes, L plane
+side, p patch side, g = L/p patches per side, Q = (h w) a plane's g×g patch grid, row-major (h its
+row, w its column), D width, H heads of d = D/H channels; ph, pw are a value's row and column
+inside its p×p patch.
 """
 import math
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 
 from attention import sdpa
 
@@ -110,8 +116,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv3d(in_channels, width, kernel_size=(1, patch, patch), stride=(1, patch, patch))
 
     def forward(self, x):
-        x = self.proj(x)                                              # B×D×P×(L/p)×(L/p)
-        return x.flatten(3).permute(0, 2, 3, 1)                       # B×P×Q×D
+        return rearrange(self.proj(x), "B D P h w -> B P (h w) D")    # conv out: B×D×P×g×g
 
 
 class TimestepEmbedder(nn.Module):
@@ -179,7 +184,7 @@ def plane_modulation(layer, cond, video_planes=None):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over `B*×n×D` sequences (B* = the batch with planes or positions
+    """Multi-head self-attention over `S×n×D` sequences (S = the batch with planes or positions
     folded into it, n tokens per sequence)."""
 
     def __init__(self, width, heads):
@@ -189,10 +194,9 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x):
-        seqs, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(seqs, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = sdpa(q, k, v)                                            # B*×heads×n×(D/heads)
-        return self.out(x.transpose(1, 2).reshape(seqs, n, d))
+        q, k, v = rearrange(self.qkv(x), "S n (qkv H d) -> qkv S H n d", qkv=3, H=self.heads)
+        x = sdpa(q, k, v)                                            # S×H×n×d
+        return self.out(rearrange(x, "S H n d -> S n (H d)"))
 
 
 class STDiTBlock(nn.Module):
@@ -222,21 +226,21 @@ class STDiTBlock(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
 
     def forward(self, x, cond, video_planes=None):
-        b, n_planes, q, d = x.shape
+        b, n_planes = x.shape[:2]
         mods = plane_modulation(self.modulation, cond, video_planes).chunk(9, dim=-1)  # nine B×(1 or P)×1×D
         shift_s, scale_s, gate_s, shift_t, scale_t, gate_t, shift_m, scale_m, gate_m = mods
 
-        h = modulate(self.norm_spatial(x), shift_s, scale_s).reshape(b * n_planes, q, d)
-        x = x + gate_s * self.spatial(h).reshape(b, n_planes, q, d)
+        h = modulate(self.norm_spatial(x), shift_s, scale_s)
+        h = self.spatial(rearrange(h, "B P Q D -> (B P) Q D"))       # one sequence per plane
+        x = x + gate_s * rearrange(h, "(B P) Q D -> B P Q D", B=b)
 
         h = modulate(self.norm_temporal(x), shift_t, scale_t)
-        if self.cross_plane == "row":  # B×P×(grid·grid)×D → (B·grid)×(P·grid)×D: a row of every plane together
-            g = self.grid
-            h = self.temporal(h.reshape(b, n_planes, g, g, d).transpose(1, 2).reshape(b * g, n_planes * g, d))
-            x = x + gate_t * h.reshape(b, g, n_planes, g, d).transpose(1, 2).reshape(b, n_planes, q, d)
-        else:
-            h = self.temporal(h.transpose(1, 2).reshape(b * q, n_planes, d))
-            x = x + gate_t * h.reshape(b, q, n_planes, d).transpose(1, 2)
+        if self.cross_plane == "row":              # one sequence per patch row h: row h of every plane
+            h = self.temporal(rearrange(h, "B P (h w) D -> (B h) (P w) D", h=self.grid))
+            x = x + gate_t * rearrange(h, "(B h) (P w) D -> B P (h w) D", B=b, P=n_planes)
+        else:                                      # one sequence per position: its token in every plane
+            h = self.temporal(rearrange(h, "B P Q D -> (B Q) P D"))
+            x = x + gate_t * rearrange(h, "(B Q) P D -> B P Q D", B=b)
 
         return x + gate_m * self.mlp(modulate(self.norm_mlp(x), shift_m, scale_m))
 
@@ -333,10 +337,9 @@ class STDiT(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def unpatchify(self, x):
-        """`B×P×Q×(p·p·c)` → `B×c×P×L×L`."""
-        b, n_planes, p, g, c = x.shape[0], self.num_frames, self.patch, self.grid, self.channels
-        x = x.reshape(b, n_planes, g, g, p, p, c)
-        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, c, n_planes, g * p, g * p)
+        """`B×P×Q×(p·p·c)` → `B×c×P×L×L`: the value for channel c at (ph, pw) inside patch (h, w) lands
+        on plane row h·p + ph, column w·p + pw."""
+        return rearrange(x, "B P (h w) (ph pw c) -> B c P (h ph) (w pw)", h=self.grid, ph=self.patch, pw=self.patch)
 
     def forward(self, x, t, y=None):
         expected = (self.channels, self.num_frames, self.size, self.size)
