@@ -4,6 +4,7 @@ The clips are BounceClick held-out items and simple variants of them (audio 40 m
 click, another clip's video), so every timeline has known events; the results dict is shaped like
 evaluate.py's, its sync figures computed by sync.sync_metrics on those clips."""
 import os
+import re
 import subprocess
 from html.parser import HTMLParser
 
@@ -15,7 +16,7 @@ import torch
 import sync
 from config import get_config
 from data import BounceClick, save_grid
-from report import write_report
+from report import Markup, el, frag, sync_rows, sync_text, write_report
 
 K = 2                                             # held-out clips on the page
 DELAY_S = 0.04                                    # the "reconstruction" variant's audio delay
@@ -202,3 +203,51 @@ def test_a_second_report_replaces_the_first(run):
     with open(os.path.join(run["out"], "report.html"), encoding="utf-8") as f:
         page = Page(f.read())
     assert "not in this evaluation" in page.figures[(0, "reconstruction")]
+
+
+def test_el_escapes_text_and_attributes_once():
+    """Text and attribute values are escaped; markup built by el goes in as is, never escaped twice."""
+    inner = el("b", "a < b & c")
+    out = el("p", 'say "hi" <now>', inner, None, [el("i", 1.5)], class_="note", data_t='1"2 & <3>',
+             stroke_width=1.5, controls=True, hidden=None)
+    assert isinstance(out, Markup)
+    assert out == ('<p class="note" data-t="1&quot;2 &amp; &lt;3&gt;" stroke-width="1.5" controls>'
+                   'say "hi" &lt;now&gt;<b>a &lt; b &amp; c</b><i>1.5</i></p>')
+    assert el("div", out).count("&amp;amp;") == 0 and el("div", out) == "<div>" + out + "</div>"
+    assert str(el("line", x1=0)) == '<line x1="0"/>' and str(el("video")) == "<video></video>"
+    assert str(el("img", src="a&b.png")) == '<img src="a&amp;b.png">'
+    assert str(frag(inner, "<", None)) == "<b>a &lt; b &amp; c</b>&lt;"
+    page = Page(str(out))                          # read back, the values are the ones given
+    assert "".join(page.text) == 'say "hi" <now>a < b & c1.5'
+
+
+def test_sync_rows_and_text():
+    """Ceiling and chance first, then part by part; a part without sync carries its reason in
+    sync_rows and is left out of sync_text, whose columns line up."""
+    m = lambda f1, n_audio: dict(f1=f1, precision=0.5, recall=1.0, median_abs_offset_ms=None, pitch_agreement=1.0,
+                                 disc_detection_rate=float("nan"), n_video_events=4, n_audio_events=n_audio,
+                                 n_matched=2)
+    ref = dict(real=m(1.0, 4), shuffled=m(0.25, 4))
+    results = {"protocol": dict(sync_tolerance_ms=100.0),
+               "ae": dict(reason=None, sync=None, sync_reason="a folder of clips"),
+               "gen": dict(reason=None, sync=dict(generated=m(0.5, 3), generated_shuffled=m(0.125, 12), **ref)),
+               "v2a": {"value": None, "reason": V2A_REASON}, "fvd": {"value": None, "reason": FVD_REASON}}
+    rows = sync_rows(results)
+    assert [r.label for r in rows] == ["real pairs (ceiling)", "shuffled real pairs (chance)", "ae: no sync",
+                                       "gen: generated", "gen: generated, shuffled (chance)", "v2a: not run"]
+    assert [r.reference for r in rows] == [True, True, False, False, False, False]
+    assert [r.reason for r in rows] == [None, None, "a folder of clips", None, None, V2A_REASON]
+    assert rows[0].metrics is ref["real"] and rows[2].metrics is None and rows[3].metrics["f1"] == 0.5
+    lines = sync_text(results)
+    cells = [[(c.group(), c.start(), c.end()) for c in re.finditer(r"\S+(?: \S+)*", line)] for line in lines]
+    assert [c[0][0] for c in cells] == ["sync (tolerance 100 ms)", "real pairs (ceiling)",
+                                        "shuffled real pairs (chance)", "gen: generated",
+                                        "gen: generated, shuffled (chance)"]
+    assert [c[0] for c in cells[3][1:]] == ["0.500", "0.500", "1.000", "—", "1.000", "—", "4/3"]
+    assert cells[4][-1][0] == "4/12" and cells[0][-1][0] == "events v/a"
+    widths = [max(len(c[j][0]) for c in cells) for j in range(8)]     # each column: its widest cell + 2
+    right_edges = list(np.cumsum([2 + widths[0]] + [w + 2 for w in widths[1:]]))
+    for line, c in zip(lines, cells):               # the label left-aligned, the rest right-aligned
+        assert c[0][1] == 2 and [end for _, _, end in c[1:]] == right_edges[1:], line
+        assert len(line) == right_edges[-1], line
+    assert sync_text({"protocol": {}, "v2a": results["v2a"]}) == []
