@@ -34,10 +34,14 @@ from attention import BiBlockCrossAttn, GCMAttn, MTSelfAttn, SpatialSelfAttentio
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of tensors in [-1, 1] (peak-to-peak 2), over all elements; a 0-dim tensor.
-    The MSE is floored at 4e-10 so identical inputs give 100 dB rather than inf."""
-    mse = (x.detach().double() - y.detach().double()).pow(2).mean().clamp_min(4e-10)
-    return 10 * torch.log10(4.0 / mse)
+    """PSNR in dB of tensors in [-1, 1], over all elements; a 0-dim tensor."""
+    return psnr_of_mse((x.detach().double() - y.detach().double()).pow(2).mean())
+
+
+def psnr_of_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB from a mean squared error of values in [-1, 1] (peak-to-peak 2). The MSE is
+    floored at 4e-10 so identical inputs give 100 dB rather than inf."""
+    return 10 * torch.log10(4.0 / mse.clamp_min(4e-10))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,14 +31,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoencoder import MDSA
 from audio import frames_to_wave
 from config import PRESETS, get_config, need, parse_cli, settings_of
-from diffusion import DEFAULT_STEPS, SAMPLERS, Diffusion, sample_latent
+from diffusion import DEFAULT_STEPS, SAMPLERS, Diffusion, Sampling, sample_latent
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
-from pipeline import autocast, pick_device, use_bf16
+from pipeline import Precision, autocast, pick_device, use_bf16
 
 # ----------------------------------------------------------------------------- settings
 device = "cpu"          # "cpu", "cuda" or "cuda:K" (never "auto": a benchmark says what it ran on)
 compile = False         # torch.compile the timed models
-precision = "auto"      # as train.py: "auto" = bf16 on GPUs and on CPUs with fast bf16, else "fp32"
+precision: Precision = "auto"  # as train.py: "auto" = bf16 on GPUs and on CPUs with fast bf16, else "fp32"
 presets = "tiny,paper"  # presets whose FLOPs are counted
 timed = ""              # presets whose steps are timed; "" = tiny on CPU, tiny and paper on GPU
 ae_batch = 0            # clips per timed AE step; 0 = 8 at tiny, 4 at paper
@@ -46,7 +46,7 @@ dit_batch = 0           # clips per timed DiT step; 0 = 32 at tiny, 16 at paper
 repeats = 5             # timed repetitions (median reported)
 out_dir = "out"         # the markdown tables are written to out_dir/bench.md
 
-SETTINGS = settings_of(dict(globals()), __file__)
+SETTINGS = settings_of(globals(), __file__)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -87,7 +87,7 @@ def count(cfg) -> dict:
 MM_DIFFUSION_TFLOPS = 531.9
 
 
-# DPM-Solver++ at 20 steps: the cheap setting (`--steps 20`) whose sync the README sets beside DDIM-50's.
+# DPM-Solver++ at 20 steps: the cheap setting (`--steps 20`) whose sync RESULTS.md sets beside DDIM-50's.
 FEW_STEPS = 20
 
 
@@ -140,12 +140,12 @@ def matmul_rate(dev, bf16: bool) -> float:
     return 2 * n ** 3 / median_time(lambda: a @ b, dev, 10)
 
 
-def timed_steps(cfg, dev, a, peak) -> list:
+def timed_steps(cfg, dev, peak) -> list:
     """Rows: AE training step, DiT training step, DDIM-50 and DPM-Solver++-20 sampling (with decode
     + Griffin-Lim)."""
-    amp = autocast(dev, a["precision"])
+    amp = autocast(dev, precision)
     big = cfg.image_size > 64
-    ab, db = a["ae_batch"] or (4 if big else 8), a["dit_batch"] or (16 if big else 32)
+    ab, db = ae_batch or (4 if big else 8), dit_batch or (16 if big else 32)
     rows = []
 
     def train_step(model, loss_fn, opt):
@@ -165,7 +165,7 @@ def timed_steps(cfg, dev, a, peak) -> list:
             step()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        sec = median_time(step, dev, a["repeats"])
+        sec = median_time(step, dev, repeats)
         mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
         rate = fc.get_total_flops() / sec
         rows.append((name, batch, f"{sec * 1e3:.1f} ms", f"{batch / sec:.1f}", f"{rate / 1e12:.3f}",
@@ -175,12 +175,12 @@ def timed_steps(cfg, dev, a, peak) -> list:
     ae = MDSA(cfg).to(dev).train()
     video = torch.rand(ab, 3, cfg.frames, cfg.image_size, cfg.image_size, device=dev) * 2 - 1
     audio = torch.rand(ab, 1, cfg.frames, cfg.n_mels, cfg.mel_width, device=dev) * 2 - 1
-    ae_loss = torch.compile(ae.loss) if a["compile"] else ae.loss
+    ae_loss = torch.compile(ae.loss) if compile else ae.loss
     measure("AE train step", ae, lambda: ae_loss(video, audio)["loss"], ab)
     ae.eval()
 
     dit, diffusion = STDiT(cfg).to(dev).train(), Diffusion.from_config(cfg)
-    fwd = torch.compile(dit) if a["compile"] else dit
+    fwd = torch.compile(dit) if compile else dit
     z = torch.randn(db, *latent_shape(cfg), device=dev)
     measure("DiT train step", dit, lambda: diffusion.loss(fwd, z), db)
     dit.eval()
@@ -188,7 +188,7 @@ def timed_steps(cfg, dev, a, peak) -> list:
     @torch.no_grad()
     def sample(n, sampler, steps):
         with amp:
-            x = sample_latent(diffusion, fwd, (n, *latent_shape(cfg)), sampler=sampler, steps=steps)
+            x = sample_latent(diffusion, fwd, (n, *latent_shape(cfg)), Sampling(sampler, steps, xmodal_cfg=1.0))
             v, au = ae.decode(unstack_planes(x))
         return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
 
@@ -196,7 +196,7 @@ def timed_steps(cfg, dev, a, peak) -> list:
         for n in (1, db):
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            sec = median_time(lambda: sample(n, sampler, steps), dev, max(1, a["repeats"] // 2))
+            sec = median_time(lambda: sample(n, sampler, steps), dev, max(1, repeats // 2))
             mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
             rows.append((f"sample {sampler}-{steps} + decode + GL", n, f"{sec * 1e3:.0f} ms",
                          f"{n / sec:.2f}", "", "", f"{mem:.2f}" if mem == mem else "-"))
@@ -225,7 +225,7 @@ def gpu_sampling_checks(cfg, dev, repeats) -> str:
 
     def one_clip(model, sampler, steps):
         with amp:
-            return sample_latent(diffusion, model, shape, sampler=sampler, steps=steps)
+            return sample_latent(diffusion, model, shape, Sampling(sampler, steps, xmodal_cfg=1.0))
 
     rows = [("flash attention forced (SDPBackend.FLASH_ATTENTION)", flash)]
     for sampler, steps in (("ddim", DEFAULT_STEPS["ddim"]), ("dpm++", FEW_STEPS)):
@@ -247,25 +247,25 @@ def table(header, rows) -> str:
 
 
 def main(argv):
-    a, _ = parse_cli(argv, SETTINGS, doc=__doc__)
-    for p in [q for q in (a["presets"] + "," + a["timed"]).split(",") if q]:
+    globals().update(parse_cli(argv, SETTINGS, doc=__doc__)[0])
+    for p in [q for q in (presets + "," + timed).split(",") if q]:
         need(p in PRESETS, f"--presets / --timed: unknown preset {p!r}; choose from {', '.join(PRESETS)}")
-    need(a["repeats"] >= 1, f"--repeats must be at least 1, not {a['repeats']}")
-    need(a["ae_batch"] >= 0 and a["dit_batch"] >= 0, "--ae_batch and --dit_batch must be ≥ 0 (0 = by preset)")
-    need(a["device"] != "auto", "--device: name the device to measure (cpu, cuda or cuda:K)")
-    dev = pick_device(a["device"])
+    need(repeats >= 1, f"--repeats must be at least 1, not {repeats}")
+    need(ae_batch >= 0 and dit_batch >= 0, "--ae_batch and --dit_batch must be ≥ 0 (0 = by preset)")
+    need(device != "auto", "--device: name the device to measure (cpu, cuda or cuda:K)")
+    dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name(dev)
     else:
         name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    bf16 = use_bf16(dev, a["precision"])
-    out = [f"Machine: {name}; torch {torch.__version__}; compile={a['compile']}; "
+    bf16 = use_bf16(dev, precision)
+    out = [f"Machine: {name}; torch {torch.__version__}; compile={compile}; "
            f"{'bf16 autocast' if bf16 else 'fp32'}"]
 
     rows = []
-    for p in a["presets"].split(","):
+    for p in presets.split(","):
         cfg = get_config(p)
         r = count(cfg)
         G = 1e9
@@ -278,22 +278,22 @@ def main(argv):
                       "tokens 6-plane / full 3D", "STDiT", "STDiT unprojected", "unprojected ÷ projected"],
                      rows))
 
-    out.append(sampler_table(a["presets"].split(",")))
+    out.append(sampler_table(presets.split(",")))
 
     peak = matmul_rate(dev, bf16)
     out.append(f"\nMatrix product ({'bf16' if bf16 else 'fp32'} {2048 if dev.type == 'cpu' else 8192}³), same process: "
                f"{peak / 1e12:.3f} TFLOP/s\n")
-    for p in (a["timed"] or ("tiny,paper" if dev.type == "cuda" else "tiny")).split(","):
+    for p in (timed or ("tiny,paper" if dev.type == "cuda" else "tiny")).split(","):
         cfg = get_config(p)
-        out.append(f"\nTimed at `{p}` (median of {a['repeats']}; FLOPs of forward + backward as executed):\n")
+        out.append(f"\nTimed at `{p}` (median of {repeats}; FLOPs of forward + backward as executed):\n")
         out.append(table(["what", "batch", "time", "clips/s", "achieved TFLOP/s", "MFU", "peak GiB"],
-                         timed_steps(cfg, dev, a, peak)))
+                         timed_steps(cfg, dev, peak)))
         if dev.type == "cuda" and p == "paper":
-            out.append(gpu_sampling_checks(cfg, dev, a["repeats"]))
+            out.append(gpu_sampling_checks(cfg, dev, repeats))
     text = "\n".join(out) + "\n"
     print(text)
-    os.makedirs(a["out_dir"], exist_ok=True)
-    with open(os.path.join(a["out_dir"], "bench.md"), "w") as f:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "bench.md"), "w") as f:
         f.write(text)
 
 

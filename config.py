@@ -17,6 +17,12 @@ error surface deep inside a forward pass (PVDM's most reported bug).
 """
 import re
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Literal, NamedTuple, get_args, get_origin
+
+# The allowed values of the Config fields that take a name (each listed once, here).
+Schedule = Literal["linear", "cosine"]
+Prediction = Literal["v", "eps"]
+CrossPlane = Literal["row", "position"]
 
 
 @dataclass(frozen=True)
@@ -52,13 +58,13 @@ class Config:
     dit_width: int = 128        # D: token width
     dit_heads: int = 4          # attention heads per STDiT block
     mlp_ratio: float = 4.0      # MLP hidden width = mlp_ratio·D
-    cross_plane: str = "row"    # across-plane attention: over each whole "row" of the six planes (a click's
+    cross_plane: CrossPlane = "row"  # across-plane attention: over each whole "row" of the six planes (a click's
                                 # mel band and a wall contact share a row, not a column) or per "position"
     class_dropout: float = 0.1  # label dropout that trains the unconditional branch for CFG
     # ---- diffusion (§5) ----
     diffusion_steps: int = 1000  # num_timesteps of the forward process                       [ours]
-    schedule: str = "linear"    # "linear" (1e-4 → 0.02) or "cosine"
-    prediction: str = "v"       # what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
+    schedule: Schedule = "linear"  # "linear" (1e-4 → 0.02) or "cosine"
+    prediction: Prediction = "v"  # what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
                                 # a clip's layout (when the disc hits, when it clicks) is decided
     mix_equal: float = 0.3      # training share of t_v = t_a: the joint generation that sampling starts from
     mix_independent: float = 0.35  # share of independent t_v, t_a: each modality learns to read a
@@ -114,9 +120,9 @@ class Config:
              f"STDiT width {self.dit_width} is not divisible by {self.dit_heads} heads")
         need(self.ae_channels % self.ae_heads == 0,
              f"MDSA width C={self.ae_channels} is not divisible by {self.ae_heads} heads")
-        need(self.schedule in ("linear", "cosine"), f"unknown schedule {self.schedule!r}")
-        need(self.cross_plane in ("position", "row"), f"unknown cross_plane {self.cross_plane!r}")
-        need(self.prediction in ("eps", "v"), f"unknown prediction {self.prediction!r}")
+        for name, allowed in (("schedule", Schedule), ("cross_plane", CrossPlane), ("prediction", Prediction)):
+            need(getattr(self, name) in get_args(allowed),
+                 f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(get_args(allowed))}")
         mix = (self.mix_equal, self.mix_independent, self.mix_clean)
         need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
         return self
@@ -147,6 +153,7 @@ DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "ml
               "class_dropout", "diffusion_steps", "schedule", "prediction", "mix_equal", "mix_independent",
               "mix_clean")
 
+Preset = Literal["tiny", "paper"]   # the names of PRESETS, for the scripts' --preset
 PRESETS = {
     # The CPU default: 3×16×32×32 video, 1×16×32×32 mel frames (hop 50), six 8×8 planes.
     "tiny": Config(),
@@ -159,7 +166,10 @@ PRESETS = {
 }
 
 
-def get_config(preset: str = "tiny", **overrides) -> Config:
+assert tuple(PRESETS) == get_args(Preset), "Preset lists PRESETS' names"
+
+
+def get_config(preset: Preset = "tiny", **overrides) -> Config:
     """A preset with some fields replaced, checked. `get_config("tiny", num_classes=4)`."""
     if preset not in PRESETS:
         raise ValueError(f"config: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -171,15 +181,29 @@ def get_config(preset: str = "tiny", **overrides) -> Config:
 # ----------------------------------------------------------------------------- command line
 # Each script keeps its settings as plain module-level names with a trailing comment (nanoGPT style):
 #     steps = 50              # denoising steps
-# `settings_of` reads that block (values from the module, help from the comments), `parse_cli`
+#     mode: Mode = "joint"    # what to generate
+# `settings_of` reads that block (values from the module, help from the comments, and the allowed
+# values from a `Literal[...]` annotation, declared once where the setting is), `parse_cli`
 # overrides it from `--name value`, typed by each default, and answers `--help` with the table.
-_SETTING_LINE = re.compile(r"^([a-z][a-z0-9_]*)\s*(?::\s*\w+\s*)?=\s*(.+?)\s+#\s?(.*)$")
+# A dataclass's fields (Config, diffusion.Sampling) are read the same way by `fields_of`; a field
+# whose default is None reads "auto" on the command line: the value then follows the checkpoint.
+_SETTING_LINE = re.compile(r"^([a-z][a-z0-9_]*)\s*(?::\s*([\w\[\]., \"']+?)\s*)?=\s*(.+?)\s+#\s?(.*)$")
 _MORE_HELP = re.compile(r"^\s+#\s?(.*)$")
+AUTO = "auto"                 # the command-line spelling of a None default: decided by the checkpoint
+
+
+class Setting(NamedTuple):
+    """One command-line setting: its default, one line of help, the type a value is parsed as, and
+    the allowed values (None: any value of that type)."""
+    default: object
+    help: str
+    kind: type
+    choices: tuple = None
 
 
 def _comments(source_file: str, indent: str = "") -> dict:
-    """{name: one-line help} from `name = value  # help` lines (with `indent`) and their continuation
-    comment lines, in file order."""
+    """{name: (one-line help, annotation text or None)} from `name[: Annotation] = value  # help`
+    lines (with `indent`) and their continuation comment lines, in file order."""
     helps, last = {}, None
     with open(source_file, encoding="utf-8") as f:
         for line in f:
@@ -187,42 +211,70 @@ def _comments(source_file: str, indent: str = "") -> dict:
             m = _SETTING_LINE.match(line[len(indent):]) if line.startswith(indent) else None
             if m and not line[len(indent)].isspace():
                 last = m.group(1)
-                helps[last] = m.group(3).strip()
-            elif last and _MORE_HELP.match(line) and "=" not in line.split("#")[0]:
-                helps[last] += " " + _MORE_HELP.match(line).group(1).strip()
+                helps[last] = [m.group(4).strip(), m.group(2)]
+            elif last and line.startswith(indent + " ") and _MORE_HELP.match(line):  # an indented continuation
+                helps[last][0] += " " + _MORE_HELP.match(line).group(1).strip()
             else:
                 last = None
-    return helps
+    return {k: tuple(v) for k, v in helps.items()}
+
+
+def _literal(annotation):
+    """(the value type, the allowed values) of a `Literal[...]` or `Optional[Literal[...]]`, else
+    (the plain type of an `Optional[X]`, None), else (None, None)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return type(args[0]), tuple(args)
+    if args and get_origin(args[0]) is Literal:
+        return _literal(args[0])
+    return (args[0], None) if len(args) == 1 and isinstance(args[0], type) else (None, None)
 
 
 def settings_of(namespace: dict, source_file: str) -> dict:
-    """A script's settings: {name: (default, help)} for every commented module-level plain value."""
-    helps = _comments(source_file)
-    return {k: (namespace[k], h) for k, h in helps.items()
-            if k in namespace and isinstance(namespace[k], (str, int, float, bool, tuple))}
+    """A script's settings: {name: Setting} for every commented module-level plain value; an
+    annotation names the Literal alias (in `namespace`) that lists its allowed values."""
+    settings = {}
+    for name, (help_line, annotation) in _comments(source_file).items():
+        value = namespace.get(name)
+        if isinstance(value, (str, int, float, bool, tuple)):
+            choices = _literal(namespace.get(annotation))[1] if annotation else None
+            settings[name] = Setting(value, help_line, type(value), choices)
+    return settings
+
+
+def fields_of(cls, source_file: str, indent: str = "    ") -> dict:
+    """A dataclass's fields as settings, {name: Setting}, help from the comments in `source_file`;
+    `Literal` types give the allowed values, an `Optional[X]` field (default None) parses as X."""
+    helps = _comments(source_file, indent=indent)
+    out = {}
+    for f in fields(cls):
+        kind, choices = _literal(f.type)
+        out[f.name] = Setting(f.default, helps.get(f.name, ("", None))[0], kind or type(f.default), choices)
+    return out
 
 
 def config_fields() -> dict:
-    """Every Config field as a setting: {name: (the tiny preset's value, help from this file)}."""
-    helps = _comments(__file__, indent="    ")
+    """Every Config field as a setting, defaults shown for the tiny preset."""
     tiny = PRESETS["tiny"]
-    return {f.name: (getattr(tiny, f.name), helps.get(f.name, "")) for f in fields(Config)}
+    return {k: s._replace(default=getattr(tiny, k)) for k, s in fields_of(Config, __file__).items()}
 
 
-def parse_cli(argv: list, settings: dict, *, doc: str = "", fields: dict = None, aliases: dict = None):
+def parse_cli(argv: list, settings: dict, *, doc: str = "", fields: dict = None, fields_title: str = "",
+              aliases: dict = None):
     """Override settings from `--name value`, `--name=value` or a bare boolean `--flag`.
 
-    settings: {name: (default, help)} (settings_of); fields: Config fields that may be overridden too
-    (config_fields), returned apart. → (values {name: value}, overrides {field: value given}).
-    Each value is parsed as its default's type; a bad value or an unknown name exits with one line
+    settings: {name: Setting} (settings_of); fields: a dataclass's fields that may be overridden too
+    (fields_of, config_fields), returned apart and listed under `fields_title` in --help.
+    → (values {name: value}, overrides {field: value given}). Each value is parsed as its setting's
+    type and checked against its allowed values; a bad value or an unknown name exits with one line
     that names the setting. `--help` prints every setting with its default and help, then exits.
     `aliases` maps command-line spellings to setting names (`--class` for `class_label`).
     """
     fields, aliases = fields or {}, aliases or {}
     if "--help" in argv or "-h" in argv:
-        print(help_text(settings, fields, doc, aliases))
+        print(help_text(settings, fields, doc, fields_title, aliases))
         raise SystemExit(0)
-    values, overrides, i = {k: d for k, (d, _) in settings.items()}, {}, 0
+    values, overrides, i = {k: s.default for k, s in settings.items()}, {}, 0
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
@@ -232,55 +284,63 @@ def parse_cli(argv: list, settings: dict, *, doc: str = "", fields: dict = None,
         known = settings if name in settings else fields if name in fields else None
         if known is None:
             raise SystemExit(f"unknown setting --{name} (see --help for the list)")
-        default = known[name][0]
+        setting = known[name]
         if not has_value:  # the value is the next word, unless this is a bare boolean flag
-            if isinstance(default, bool) and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            if setting.kind is bool and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
                 value = "true"
             elif i + 1 < len(argv):
                 i, value = i + 1, argv[i + 1]
             else:
                 raise SystemExit(f"--{name} needs a value")
-        (values if known is settings else overrides)[name] = parse_value(name, value, default)
+        (values if known is settings else overrides)[name] = parse_value(name, value, setting)
         i += 1
     return values, overrides
 
 
-def parse_value(name: str, value: str, default):
-    """`value` as the type of `default`, or a one-line exit naming `--name`."""
-    kind = type(default)
+def parse_value(name: str, value: str, setting: Setting):
+    """`value` as the setting's type (None for "auto" where the default is None), checked against
+    its allowed values, or a one-line exit naming `--name`."""
+    if setting.default is None and value == AUTO:
+        return None
+    kind, default = setting.kind, setting.default
     try:
         if kind is bool:
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError
-            return value.lower() in ("true", "1", "yes")
-        if kind is tuple:
+            parsed = value.lower() in ("true", "1", "yes")
+        elif kind is tuple:
             item = type(default[0]) if default else int
-            return tuple(item(v) for v in value.split(","))
-        if kind is float:
-            return float(value)
-        return kind(value)
+            parsed = tuple(item(v) for v in value.split(","))
+        else:
+            parsed = kind(value)
     except ValueError:
         shown = "true or false" if kind is bool else (
             f"comma-separated {type(default[0]).__name__}s, like {','.join(map(str, default))}"
             if kind is tuple else f"a{'n' if kind is int else ''} {kind.__name__}")
-        raise SystemExit(f"--{name} takes {shown}, not {value!r}") from None
+        raise SystemExit(f"--{name} takes {shown}{' or auto' if default is None else ''}, not {value!r}") from None
+    if setting.choices is not None and parsed not in setting.choices:
+        raise SystemExit(f"--{name} must be one of {', '.join(map(str, setting.choices))}, not {value!r}")
+    return parsed
 
 
-def help_text(settings: dict, fields: dict, doc: str, aliases: dict) -> str:
-    """The `--help` page: the script's docstring, then one line per setting: name, default, help."""
+def help_text(settings: dict, fields: dict, doc: str, fields_title: str, aliases: dict) -> str:
+    """The `--help` page: the script's docstring, then one line per setting: name, default, help,
+    and its allowed values."""
     spelled = {v: k for k, v in aliases.items()}
-    show = lambda d: ",".join(map(str, d)) if isinstance(d, tuple) else repr(d) if isinstance(d, str) else str(d)
+    show = lambda d: (AUTO if d is None else ",".join(map(str, d)) if isinstance(d, tuple)
+                      else repr(d) if isinstance(d, str) else str(d))
 
     def rows(table):
         names = [f"--{spelled.get(k, k)}" for k in table]
         width = max(map(len, names), default=0)
-        dwidth = max((len(show(d)) for d, _ in table.values()), default=0)
-        return [f"  {n:<{width}}  {show(d):<{dwidth}}  {h}" for n, (d, h) in zip(names, table.values())]
+        dwidth = max((len(show(s.default)) for s in table.values()), default=0)
+        return [f"  {n:<{width}}  {show(s.default):<{dwidth}}  {s.help}"
+                + (f" [{' | '.join(map(str, s.choices))}]" if s.choices else "")
+                for n, s in zip(names, table.values())]
 
-    lines = [doc.strip(), "", "settings (--name value; default, then what it does):"] + rows(settings)
+    lines = [doc.strip(), "", "settings (--name value; default, then what it does [allowed values]):"] + rows(settings)
     if fields:
-        lines += ["", "model and data sizes (any field of config.Config; defaults shown for the tiny preset):"]
-        lines += rows(fields)
+        lines += ["", fields_title or "more settings:"] + rows(fields)
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ CLICK_LENGTH_S = 0.12     # tone cut here (amplitude e^-8 by then)
 CLICK_AMPLITUDE = 0.5     # peak well below clipping; tones never overlap (gap 0.25 s ≫ 0.12 s)
 # The noise floor sits BELOW the log-mel floor (audio.LOG_MEL_MIN), so the projected frames are flat
 # between clicks: a floor above it makes every mel frame random texture that MDSA encodes faithfully
-# and the denoiser cannot predict (README, "What held the default back").
+# and the denoiser cannot predict (RESULTS.md, "How were the earlier defaults found?").
 NOISE_STD = 5e-6          # −100 dB re the click, about 16-bit dither: not digital silence
 
 
@@ -67,6 +67,11 @@ def _wall_times(p0, v, lo, hi, duration):
     m_first, m_last = sorted(((p0 - lo) / span, (p0 + v * duration - lo) / span))
     ms = np.arange(math.floor(m_first) + 1, math.ceil(m_last))
     return sorted(float((lo + m * span - p0) / v) for m in ms)
+
+
+# The held-out clips of a run trained on BounceClick seed s are BounceClick seed s + HELDOUT_SEED_OFFSET:
+# item i is a pure function of (seed, i), so the two sets share no clip.
+HELDOUT_SEED_OFFSET = 1000
 
 
 class BounceClick(torch.utils.data.Dataset):

@@ -2,7 +2,7 @@
 Evaluation for ProAV-DiT: audio-video sync on BounceClick (PAPER.md §8) and FVD / KVD / FAD (§7).
 
   python evaluate.py                                  # every part, from out/ae.pt and out/dit.pt
-  python evaluate.py --n 256 --batch_size 64          # the README's figures
+  python evaluate.py --n 256 --batch_size 64          # the figures of README.md and RESULTS.md
   python evaluate.py --what ae                        # the autoencoder alone (needs no dit.pt)
   python evaluate.py --samples out/samples --what gen # score mp4 files made elsewhere
   python evaluate.py --what fvd --i3d i3d.pt --audio_net vggish.pt --fvd_n 2048
@@ -14,30 +14,33 @@ FVD / KVD / FAD come from metrics.py: a user-supplied feature network, and `null
 when there is none, never 0. The file, top to bottom:
 1. The parts, one function each over one shared `Context`: eval_ae (PSNR per modality, log-spectral
    distance of the inverted audio, sync of the reconstructions), eval_gen (joint samples),
-   eval_zero_shot (A2V / V2A from held-out clips), eval_xmodal (does the denoiser read the other
+   eval_conditional (A2V / V2A from held-out clips), eval_xmodal (does the denoiser read the other
    modality: ε-MSE with matched vs shuffled partner planes), eval_fvd. Every sync figure stands
    beside the same metrics on n real held-out pairs (the ceiling) and shuffled real pairs (chance).
    A part that cannot run raises `NotRun`, and its entry is {"value": null, "reason": ...}.
 2. main and the printed summary.
+Every part prints one progress line (the part, clips done of n); the sampling choices are
+diffusion.Sampling's, those left "auto" decided by the denoiser's training mixture.
 """
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import diffusion
 from audio import frames_to_wave, log_spectral_distance
-from autoencoder import MDSA
-from config import PRESETS, Config, get_config, need, parse_cli, settings_of
-from data import VIDEO_EXTENSIONS, BounceClick, VideoFolder, load_clip
-from diffusion import DEFAULT_STEPS, SAMPLERS
+from autoencoder import MDSA, psnr_of_mse
+from config import Config, Preset, fields_of, get_config, need, parse_cli, settings_of
+from data import HELDOUT_SEED_OFFSET, VIDEO_EXTENSIONS, BounceClick, VideoFolder, load_clip
+from diffusion import Sampling
 from metrics import FLAGS, distribution_metrics, file_sha256, load_networks
 from model import VIDEO_PLANES, stack_planes
-from pipeline import (CONDITIONINGS, autocast, conditioning_for, generate, load_checkpoint, load_models,
-                      load_weights, pick_device)
-from report import write_report
+from pipeline import Precision, autocast, generate, load_checkpoint, load_models, load_weights, pick_device
+from report import sync_text, write_report
 from sync import sync_metrics
 
 
@@ -47,30 +50,24 @@ from sync import sync_metrics
 # ----------------------------------------------------------------------------- settings
 what = ""               # parts, comma-separated: ae, gen, a2v, v2a, xmodal, fvd; "" = all of them
 out_dir = "out"         # where ae.pt and dit.pt are; eval.json, report.html and report/ go there too
-data = "auto"           # held-out clips: "auto" = what ae.pt trained on; "" = BounceClick (train seed + 1000);
+data = "auto"           # held-out clips: "auto" = what ae.pt trained on; "" = BounceClick's held-out seeds;
                         # a folder = its eval split (the centred 1.6 s of each file)
 samples = ""            # a folder of generated mp4 files to score (gen, fvd) instead of sampling
 n = 16                  # clips per set for ae / gen / a2v / v2a / xmodal: generated, real and shuffled alike
 fvd_n = 0               # clips per set for FVD / KVD / FAD; 0 = 2048 (§7) on a GPU, n on a CPU
 i3d = ""                # TorchScript video feature network (FVD, KVD); none: null + reason
 audio_net = ""          # TorchScript audio embedding network (FAD); none: null + reason
-sampler = "dpm++"       # "dpm++" (DPM-Solver++(2M)), "ddim" or "ddpm" (ancestral)
-steps = 0               # denoiser calls per clip; 0 = the sampler's default (dpm++ 50, ddim 50, ddpm 250)
-eta = 1.0               # ddim / dpm++ noise: 1 = DDPM-like (better sync, README), 0 = deterministic
-grid = "time"           # dpm++ timestep grid: "time" (uniform in t) or "logsnr" (uniform in log-SNR)
-cfg_scale = 1.0         # classifier-free guidance scale; 1 = none
-conditioning = "auto"   # a2v / v2a: "native" (given planes clean), "replace" (re-noised), "auto" (by the model)
-xmodal_cfg = 4.0        # cross-modal guidance scale, joint and native a2v / v2a (1 = none; PAPER.md §5)
-resample_audio = True   # joint: then re-draw the audio given the finished video, as v2a does (a Gibbs step; README)
-guidance = 16.0         # replace a2v / v2a: reconstruction guidance weight (0 = replacement alone)
 batch_size = 16         # clips per sampling / autoencoder / feature batch
 seed = 0                # the one seed of every generated clip
-preset = "tiny"         # the config when there is no ae.pt to read it from (--samples alone)
+preset: Preset = "tiny"  # the config when there is no ae.pt to read it from (--samples alone)
 report = True           # also write report.html and its media (report/) into out_dir
 report_clips = 4        # held-out clips the report shows side by side
 device = "auto"         # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
+precision: Precision = "auto"  # "auto": bf16 on GPUs and on CPUs with fast bf16, else fp32; pin it to
+                               # compare figures across kinds of machine
 
-SETTINGS = settings_of(dict(globals()), __file__)
+SETTINGS = settings_of(globals(), __file__)
+SAMPLING = fields_of(Sampling, diffusion.__file__)   # --sampler, --steps, ... with their defaults
 PARTS = ("ae", "gen", "a2v", "v2a", "xmodal", "fvd")   # in this order: fvd reuses gen's clips
 XMODAL_T = (0.1, 0.3, 0.5, 0.7)   # the xmodal part's noise levels, as fractions of num_timesteps
 PAPER_FVD_N = 2048
@@ -83,11 +80,12 @@ class NotRun(Exception):
 
 @dataclass
 class Context:
-    """What the parts share: settings, config, checkpoints, held-out clips, models, generated clips
-    (the first n are kept, so gen and fvd score the same samples) and the clips the report shows."""
-    a: dict                       # the settings
+    """What the parts share beside the settings: config, checkpoints, held-out clips, models,
+    generated clips (the first n are kept, so gen and fvd score the same samples) and the clips
+    the report shows."""
     device: torch.device
     cfg: Config
+    how: Sampling                 # the sampling choices; resolved for the denoiser once it loads
     ae_ck: dict                   # the autoencoder checkpoint, or None
     checkpoints: dict             # {"ae": info, "dit": info}: file, SHA-256, step, or the reason it is missing
     data: str                     # "" = BounceClick, else a folder
@@ -101,11 +99,11 @@ class Context:
     cache: dict = field(default_factory=dict)      # dataset, real items, reference sync, models
 
 
-def checkpoint_info(out_dir, stage):
+def checkpoint_info(stage):
     """(the checkpoint or None, its protocol entry: file, SHA-256, step, or why it is missing)."""
     path = os.path.join(out_dir, f"{stage}.pt")
     try:
-        ck = load_checkpoint(path, stage, f"python train.py --stage {stage}")
+        ck = load_checkpoint(path, stage)
     except SystemExit as e:                          # missing, unreadable or of the wrong stage
         return None, dict(file=path, reason=str(e))
     info = dict(file=path, sha256=file_sha256(path), step=ck["step"], reason=None,
@@ -115,36 +113,40 @@ def checkpoint_info(out_dir, stage):
     return ck, info
 
 
-def make_context(a: dict, device) -> Context:
-    ae_ck, ae_info = checkpoint_info(a["out_dir"], "ae")
-    dit_info = checkpoint_info(a["out_dir"], "dit")[1]       # load_models reads its weights
+def make_context(how: Sampling, device) -> Context:
+    ae_ck, ae_info = checkpoint_info("ae")
+    dit_info = checkpoint_info("dit")[1]             # load_models reads its weights
     trained = ae_ck["train"] if ae_ck else {}
-    cfg = Config.from_dict(ae_ck["config"]) if ae_ck else get_config(a["preset"])
+    cfg = Config.from_dict(ae_ck["config"]) if ae_ck else get_config(preset)
     files = None
-    if a["samples"]:
-        folder = a["samples"]
-        files = sorted(os.path.join(folder, f) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+    if samples:
+        files = sorted(os.path.join(samples, f) for f in (os.listdir(samples) if os.path.isdir(samples) else [])
                        if f.lower().endswith(VIDEO_EXTENSIONS))
-        need(files, f"--samples {folder}: not a folder of video files ({', '.join(VIDEO_EXTENSIONS)})")
-    return Context(a=a, device=device, cfg=cfg, ae_ck=ae_ck, checkpoints={"ae": ae_info, "dit": dit_info},
-                   data=trained.get("data", "") if a["data"] == "auto" else a["data"],
-                   heldout_seed=trained.get("seed", 0) + 1000,   # train.py's held-out BounceClick
-                   fvd_n=a["fvd_n"] or (PAPER_FVD_N if device.type == "cuda" else a["n"]),
-                   files=files, gen=torch.Generator().manual_seed(a["seed"]))
+        need(files, f"--samples {samples}: not a folder of video files ({', '.join(VIDEO_EXTENSIONS)})")
+    return Context(device=device, cfg=cfg, how=how, ae_ck=ae_ck, checkpoints={"ae": ae_info, "dit": dit_info},
+                   data=trained.get("data", "") if data == "auto" else data,
+                   heldout_seed=trained.get("seed", 0) + HELDOUT_SEED_OFFSET,   # train.py's held-out BounceClick
+                   fvd_n=fvd_n or (PAPER_FVD_N if device.type == "cuda" else n),
+                   files=files, gen=torch.Generator().manual_seed(seed))
 
 
 def split_name(ctx) -> str:
     if ctx.data:
         return f"{ctx.data}, eval split (the centred 1.6 s of each file)"
-    return (f"BounceClick seed {ctx.heldout_seed}, clips 0..{max(ctx.a['n'], ctx.fvd_n) - 1} "
-            f"(held out: training uses seed {ctx.heldout_seed - 1000})")
+    return (f"BounceClick seed {ctx.heldout_seed}, clips 0..{max(n, ctx.fvd_n) - 1} "
+            f"(held out: training uses seed {ctx.heldout_seed - HELDOUT_SEED_OFFSET})")
+
+
+def progress(part: str, total: int):
+    """The one progress line of a part: its name and the clips done of `total`."""
+    return tqdm(total=total, desc=f"{part:>6}", unit="clip", dynamic_ncols=True, leave=False)
 
 
 # ----------------------------------------------------------------------------- real clips
 def held_out(ctx):
     if "dataset" not in ctx.cache:
-        ctx.cache["dataset"] = (VideoFolder(ctx.data, ctx.cfg, "eval", os.path.join(ctx.a["out_dir"], "cache"))
-                                if ctx.data else BounceClick(ctx.cfg, max(ctx.a["n"], ctx.fvd_n), ctx.heldout_seed))
+        ctx.cache["dataset"] = (VideoFolder(ctx.data, ctx.cfg, "eval", os.path.join(out_dir, "cache"))
+                                if ctx.data else BounceClick(ctx.cfg, max(n, ctx.fvd_n), ctx.heldout_seed))
     return ctx.cache["dataset"]
 
 
@@ -152,16 +154,16 @@ def real_items(ctx) -> list:
     """The first n held-out items: dicts of video, audio (mel frames), wave, label."""
     if "real" not in ctx.cache:
         ds = held_out(ctx)
-        ctx.cache["real"] = [ds[i] for i in range(min(ctx.a["n"], len(ds)))]
-        ctx.shown["real"] = [(it["video"], it["wave"]) for it in ctx.cache["real"][:ctx.a["report_clips"]]]
+        ctx.cache["real"] = [ds[i] for i in range(min(n, len(ds)))]
+        ctx.shown["real"] = [(it["video"], it["wave"]) for it in ctx.cache["real"][:report_clips]]
     return ctx.cache["real"]
 
 
 def real_batches(ctx, k):
     """Up to k held-out clips as (video B×3×T×S×S, wave B×N) batches."""
-    ds, bs = held_out(ctx), ctx.a["batch_size"]
-    for start in range(0, min(k, len(ds)), bs):
-        items = [ds[i] for i in range(start, min(start + bs, k, len(ds)))]
+    ds = held_out(ctx)
+    for start in range(0, min(k, len(ds)), batch_size):
+        items = [ds[i] for i in range(start, min(start + batch_size, k, len(ds)))]
         yield torch.stack([it["video"] for it in items]), torch.stack([it["wave"] for it in items])
 
 
@@ -182,12 +184,18 @@ def beside(ctx, **scored) -> dict:
 
 # ----------------------------------------------------------------------------- generated clips
 def models(ctx):
-    """MDSA + the EMA STDiT (pipeline.Models); raises NotRun with the reason they cannot be loaded."""
+    """MDSA + the EMA STDiT (pipeline.Models); raises NotRun with the reason they cannot be loaded.
+    Loading them decides the sampling choices left to the denoiser (Sampling.for_model)."""
     if "models" not in ctx.cache:
         try:
-            ctx.cache["models"] = load_models(ctx.a["out_dir"], ctx.device)
+            ctx.cache["models"] = load_models(out_dir, ctx.device)
         except SystemExit as e:
             ctx.cache["models"] = NotRun(str(e))
+        else:
+            try:
+                ctx.how = ctx.how.for_model(ctx.cache["models"].diffusion)
+            except ValueError as e:                  # its message starts with the setting's name
+                raise SystemExit(f"--{e}") from None
     if isinstance(ctx.cache["models"], NotRun):
         raise ctx.cache["models"]
     return ctx.cache["models"]
@@ -205,13 +213,9 @@ def cannot_generate(ctx):
 
 
 def sample(ctx, k, **kw):
-    """k clips from the models with the sampling settings; kw: mode, cond_video, cond_wave, label."""
-    a = ctx.a
-    with autocast(ctx.device):
-        video, wave = generate(models(ctx), k, sampler=a["sampler"], steps=a["steps"], eta=a["eta"], grid=a["grid"],
-                               cfg_scale=a["cfg_scale"], conditioning=a["conditioning"], guidance=a["guidance"],
-                               xmodal_cfg=a["xmodal_cfg"], resample_audio=a["resample_audio"],
-                               generator=ctx.gen, **kw)
+    """k clips from the models with the sampling choices; kw: mode, cond_video, cond_wave, label."""
+    with autocast(ctx.device, precision):
+        video, wave = generate(models(ctx), k, ctx.how, generator=ctx.gen, **kw)
     return video.float().cpu(), wave.float().cpu()
 
 
@@ -226,16 +230,17 @@ def read_samples(ctx, start, k):
 def generated_batches(ctx, k):
     """Up to k generated clips as (video B×3×T×S×S, wave B×N) batches: the kept ones first, then
     new ones (sampled, or read from --samples); the first n are kept for the next part."""
-    bs, done = ctx.a["batch_size"], 0
+    done = 0
     while done < k:
         if done < len(ctx.kept):
-            video, wave = map(torch.stack, zip(*ctx.kept[done:done + min(bs, k - done)]))
+            video, wave = map(torch.stack, zip(*ctx.kept[done:done + min(batch_size, k - done)]))
         else:
-            new = read_samples(ctx, done, min(bs, k - done)) if ctx.files else sample(ctx, min(bs, k - done))
+            new = (read_samples(ctx, done, min(batch_size, k - done)) if ctx.files
+                   else sample(ctx, min(batch_size, k - done)))
             if new is None:
                 return                               # the --samples folder holds fewer than k files
             video, wave = new
-            ctx.kept += list(zip(video, wave))[:max(0, ctx.a["n"] - len(ctx.kept))]
+            ctx.kept += list(zip(video, wave))[:max(0, n - len(ctx.kept))]
         yield video, wave
         done += len(video)
 
@@ -249,15 +254,16 @@ def eval_ae(ctx) -> dict:
         raise NotRun(ctx.checkpoints["ae"]["reason"])
     ae = MDSA(ctx.cfg)
     try:
-        load_weights(ae, ctx.ae_ck["model"], ctx.checkpoints["ae"]["file"], "python train.py --stage ae")
+        load_weights(ae, ctx.ae_ck["model"], ctx.checkpoints["ae"]["file"], "ae")
     except SystemExit as e:                          # weights from older code: say so, run the rest
         raise NotRun(str(e)) from None
-    ae, items, bs, cfg = ae.to(ctx.device).eval(), real_items(ctx), ctx.a["batch_size"], ctx.cfg
+    ae, items, cfg = ae.to(ctx.device).eval(), real_items(ctx), ctx.cfg
     sq_err, lsd, rec_pairs, proj_pairs = {"video": [], "audio": []}, {"rec": [], "proj": []}, [], []
-    for start in range(0, len(items), bs):
-        chunk = items[start:start + bs]
+    bar = progress("ae", len(items))
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
         video, audio, wave = (torch.stack([it[k] for it in chunk]) for k in ("video", "audio", "wave"))
-        with autocast(ctx.device):
+        with autocast(ctx.device, precision):
             rec_v, rec_a = ae.decode(ae.encode(video.to(ctx.device), audio.to(ctx.device)))
         rec_v, rec_a = rec_v.float().clamp(-1, 1).cpu(), rec_a.float().clamp(-1, 1).cpu()
         sq_err["video"].append((rec_v.double() - video).pow(2).flatten())
@@ -267,9 +273,10 @@ def eval_ae(ctx) -> dict:
         lsd["proj"] += [log_spectral_distance(w, p) for w, p in zip(wave, proj_wave)]
         rec_pairs += list(zip(rec_v, rec_wave))
         proj_pairs += list(zip(video, proj_wave))
-    ctx.shown["reconstruction"] = rec_pairs[:ctx.a["report_clips"]]
-    # PSNR over all clips' elements, peak-to-peak 2 (autoencoder.psnr's definition)
-    psnr_db = {k: float(10 * torch.log10(4.0 / torch.cat(v).mean().clamp_min(4e-10))) for k, v in sq_err.items()}
+        bar.update(len(chunk))
+    bar.close()
+    ctx.shown["reconstruction"] = rec_pairs[:report_clips]
+    psnr_db = {k: float(psnr_of_mse(torch.cat(v).mean())) for k, v in sq_err.items()}   # over all clips' elements
     return dict(reason=None, n_clips=len(items), psnr_video_db=psnr_db["video"],
                 psnr_audio_frames_db=psnr_db["audio"], lsd_db=float(np.mean(lsd["rec"])),
                 lsd_projection_only_db=float(np.mean(lsd["proj"])), sync_reason=NO_SYNC if ctx.data else None,
@@ -280,28 +287,35 @@ def eval_gen(ctx) -> dict:
     """Joint generation: sync of n generated clips (and of their shuffled pairs)."""
     if ctx.data or cannot_generate(ctx):
         raise NotRun(NO_SYNC if ctx.data else cannot_generate(ctx))
-    pairs = [clip for video, wave in generated_batches(ctx, ctx.a["n"]) for clip in zip(video, wave)]
-    ctx.shown["joint"] = pairs[:ctx.a["report_clips"]]
+    pairs, bar = [], progress("gen", n)
+    for video, wave in generated_batches(ctx, n):
+        pairs += list(zip(video, wave))
+        bar.update(len(video))
+    bar.close()
+    ctx.shown["joint"] = pairs[:report_clips]
     sync = beside(ctx, generated=pairs, generated_shuffled=shuffled(pairs))
-    return dict(reason=None, n_clips=len(pairs), source=ctx.a["samples"] or "sampled from " + ctx.a["out_dir"],
+    return dict(reason=None, n_clips=len(pairs), source=samples or "sampled from " + out_dir,
                 sync=sync, one_disc_frames={k: v["disc_detection_rate"] for k, v in sync.items()})
 
 
-def eval_zero_shot(ctx, mode) -> dict:
+def eval_conditional(ctx, mode) -> dict:
     """A2V (generated video vs the given audio) or V2A (the given video vs generated audio) from
     each of the n held-out clips; "generated_shuffled" pairs clip i's output with clip i+1's input."""
     if ctx.data:
         raise NotRun(NO_SYNC)
-    m, pairs, items, bs = models(ctx), [], real_items(ctx), ctx.a["batch_size"]
-    for i in range(0, len(items), bs):  # each clip of a batch conditioned on its own held-out clip
-        chunk = items[i:i + bs]
+    m, pairs, items = models(ctx), [], real_items(ctx)
+    bar = progress(mode, len(items))
+    for i in range(0, len(items), batch_size):  # each clip of a batch conditioned on its own held-out clip
+        chunk = items[i:i + batch_size]
         video, wave = sample(ctx, len(chunk), mode=mode,
                              cond_video=torch.stack([it["video"] for it in chunk]),
                              cond_wave=torch.stack([it["wave"] for it in chunk]),
                              label=torch.stack([it["label"] for it in chunk]) if m.cfg.num_classes else None)
         pairs += list(zip(video, wave))
-    ctx.shown[mode] = pairs[:ctx.a["report_clips"]]
-    return dict(reason=None, n_clips=len(pairs), conditioning=conditioning_for(m.cfg, ctx.a["conditioning"]),
+        bar.update(len(chunk))
+    bar.close()
+    ctx.shown[mode] = pairs[:report_clips]
+    return dict(reason=None, n_clips=len(pairs), conditioning=ctx.how.conditioning,
                 sync=beside(ctx, generated=pairs, generated_shuffled=shuffled(pairs)))
 
 
@@ -314,18 +328,12 @@ def eval_xmodal(ctx) -> dict:
     each modality on its own. For a denoiser trained with one modality clean (mix_clean > 0), the
     same with the partner given clean at t = 0, as A2V / V2A sample ("partner_clean"). Needs no
     BounceClick, so it runs on folders too."""
-    m, items, bs = models(ctx), real_items(ctx), ctx.a["batch_size"]
-    z = []
-    for i in range(0, len(items), bs):
-        chunk = items[i:i + bs]
-        with autocast(ctx.device):
-            planes = m.ae.encode(torch.stack([it["video"] for it in chunk]).to(ctx.device),
-                                 torch.stack([it["audio"] for it in chunk]).to(ctx.device))
-        z.append(stack_planes(planes).float() * m.latent_scale)     # n×c×P×L×L, as the STDiT saw them
-    z, gen = torch.cat(z), torch.Generator().manual_seed(ctx.a["seed"])
+    m, z = models(ctx), held_out_latents(ctx)
+    gen = torch.Generator().manual_seed(seed)
     keys = [f"{who}_{pairing}" for who in ("audio", "video") for pairing in ("matched", "shuffled")]
     mse, clean_mse = {k: [] for k in keys}, {k: [] for k in keys}
     steps = [int(f * m.diffusion.num_timesteps) for f in XMODAL_T]
+    bar = progress("xmodal", len(steps) * len(z))
     for step in steps:
         t = torch.full((len(z),), step, device=ctx.device)
         noise = torch.randn(z.shape, generator=gen).to(ctx.device)
@@ -340,6 +348,8 @@ def eval_xmodal(ctx) -> dict:
                 if m.cfg.mix_clean > 0:
                     clean_mse[f"{who}_{pairing}"].append(eps_error(ctx, torch.where(own, x_t, both), given_clean,
                                                                    noise, own))
+        bar.update(len(z))
+    bar.close()
     ratio = lambda e: {who: [a / b for a, b in zip(e[f"{who}_matched"], e[f"{who}_shuffled"])]
                        for who in ("audio", "video")} if e["audio_matched"] else None
     return dict(reason=None, n_clips=len(z), timesteps=steps, eps_mse=mse,  # eps_mse[k][i] at timesteps[i]
@@ -347,18 +357,31 @@ def eval_xmodal(ctx) -> dict:
                 partner_clean_matched_over_shuffled=ratio(clean_mse))
 
 
+def held_out_latents(ctx) -> torch.Tensor:
+    """The n held-out clips' stacked latents `n×c×P×L×L`, scaled as the STDiT saw them in training."""
+    m, items, z = models(ctx), real_items(ctx), []
+    for i in range(0, len(items), batch_size):
+        chunk = items[i:i + batch_size]
+        with autocast(ctx.device, precision):
+            planes = m.ae.encode(torch.stack([it["video"] for it in chunk]).to(ctx.device),
+                                 torch.stack([it["audio"] for it in chunk]).to(ctx.device))
+        z.append(stack_planes(planes).float() * m.latent_scale)
+    return torch.cat(z)
+
+
 def eps_error(ctx, x, t, noise, own) -> float:
     """MSE of the denoiser's ε̂ against the true noise on the `own` planes; x `n×c×P×L×L`, t `n` or `n×2`."""
-    m, bs = models(ctx), ctx.a["batch_size"]
-    with autocast(ctx.device):
-        eps = torch.cat([m.diffusion.predict_eps(m.dit, x[i:i + bs], t[i:i + bs]).float() for i in range(0, len(x), bs)])
+    m = models(ctx)
+    with autocast(ctx.device, precision):
+        eps = torch.cat([m.diffusion.predict_eps(m.dit, x[i:i + batch_size], t[i:i + batch_size]).float()
+                         for i in range(0, len(x), batch_size)])
     return (eps - noise).masked_select(own.expand_as(eps)).pow(2).mean().item()
 
 
 @torch.no_grad()
 def eval_fvd(ctx) -> dict:
     """FVD, KVD (--i3d) and FAD (--audio_net): fvd_n generated vs fvd_n held-out real clips (§7)."""
-    paths = {"video": ctx.a["i3d"] or None, "audio": ctx.a["audio_net"] or None}
+    paths = {"video": i3d or None, "audio": audio_net or None}
     nets = load_networks(paths, ctx.device)
     for kind, net in nets.items():
         missing = isinstance(net, str)
@@ -366,87 +389,74 @@ def eval_fvd(ctx) -> dict:
                                   reason=net if missing else None)
     out = dict(n_requested=ctx.fvd_n, note=None if ctx.fvd_n >= PAPER_FVD_N else
                f"{ctx.fvd_n} clips per set, not §7's {PAPER_FVD_N}: not comparable with published numbers")
-    entries = distribution_metrics(nets, real_batches(ctx, ctx.fvd_n), generated_batches(ctx, ctx.fvd_n),
+    bar = progress("fvd", 2 * ctx.fvd_n)
+
+    def counted(batches):
+        for video, wave in batches:
+            yield video, wave
+            bar.update(len(video))
+    entries = distribution_metrics(nets, counted(real_batches(ctx, ctx.fvd_n)), counted(generated_batches(ctx, ctx.fvd_n)),
                                    ctx.cfg, split_name(ctx), reason=cannot_generate(ctx))
+    bar.close()
     for entry in entries.values():
         entry["protocol"]["n_requested"] = ctx.fvd_n
     return {**out, **entries}
 
 
 def run_protocol(ctx, parts) -> dict:
-    a, cfg = ctx.a, ctx.cfg
-    generation = (dict(source=a["samples"], files=len(ctx.files)) if ctx.files else
-                  dict(source="sampled", sampler=a["sampler"], steps=a["steps"], eta=a["eta"], grid=a["grid"],
-                       cfg_scale=a["cfg_scale"], conditioning=a["conditioning"], xmodal_cfg=a["xmodal_cfg"],
-                       resample_audio=a["resample_audio"], zero_shot_guidance=a["guidance"], seed=a["seed"],
-                       batch_size=a["batch_size"],
+    cfg = ctx.cfg
+    generation = (dict(source=samples, files=len(ctx.files)) if ctx.files else
+                  dict(source="sampled", **asdict(ctx.how), seed=seed, batch_size=batch_size,
                        scored_as="decoded tensors (not re-encoded to mp4)"))
-    return dict(parts=list(parts), out=os.path.join(a["out_dir"], "eval.json"), split=split_name(ctx), n=a["n"],
+    return dict(parts=list(parts), out=os.path.join(out_dir, "eval.json"), split=split_name(ctx), n=n,
                 fvd_n=ctx.fvd_n, frames=cfg.frames, fps=cfg.fps, resolution=cfg.image_size,
                 sample_rate=cfg.sample_rate, clip_samples=cfg.clip_samples, checkpoints=ctx.checkpoints,
                 generation=generation, networks=ctx.networks, sync_tolerance_ms=1000.0 / cfg.fps,
-                device=str(ctx.device), torch=torch.__version__, settings=a)
+                device=str(ctx.device), precision=precision, torch=torch.__version__,
+                settings={k: globals()[k] for k in SETTINGS})
 
 
-RUN = {"ae": eval_ae, "gen": eval_gen, "a2v": lambda ctx: eval_zero_shot(ctx, "a2v"),
-       "v2a": lambda ctx: eval_zero_shot(ctx, "v2a"), "xmodal": eval_xmodal, "fvd": eval_fvd}
+RUN = {"ae": eval_ae, "gen": eval_gen, "a2v": lambda ctx: eval_conditional(ctx, "a2v"),
+       "v2a": lambda ctx: eval_conditional(ctx, "v2a"), "xmodal": eval_xmodal, "fvd": eval_fvd}
 
 
 # =============================================================================================
 # 2. The command line
 # =============================================================================================
 def main(argv=None):
-    a, _ = parse_cli(sys.argv[1:] if argv is None else argv, SETTINGS, doc=__doc__, aliases={"cfg": "cfg_scale"})
-    parts = [p.strip() for p in a["what"].split(",") if p.strip()] or list(PARTS)
+    values, chosen = parse_cli(sys.argv[1:] if argv is None else argv, SETTINGS, doc=__doc__, fields=SAMPLING,
+                               aliases={"cfg": "cfg_scale"},
+                               fields_title="sampling (diffusion.Sampling; auto = as the denoiser was trained):")
+    globals().update(values)
+    parts = [p.strip() for p in what.split(",") if p.strip()] or list(PARTS)
     need(not set(parts) - set(PARTS),
          f"--what: unknown part(s) {', '.join(sorted(set(parts) - set(PARTS)))}; choose from {', '.join(PARTS)}")
-    need(a["n"] >= 2, f"--n must be at least 2 (shuffled pairs need another clip), not {a['n']}")
-    need(a["batch_size"] >= 1 and a["fvd_n"] >= 0 and a["report_clips"] >= 0,
+    need(n >= 2, f"--n must be at least 2 (shuffled pairs need another clip), not {n}")
+    need(batch_size >= 1 and fvd_n >= 0 and report_clips >= 0,
          "--batch_size must be ≥ 1, --fvd_n and --report_clips ≥ 0")
-    need(a["sampler"] in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}, not {a['sampler']!r}")
-    need(a["conditioning"] in CONDITIONINGS,
-         f"--conditioning must be one of {', '.join(CONDITIONINGS)}, not {a['conditioning']!r}")
-    need(a["grid"] in ("time", "logsnr"), f"--grid must be time or logsnr, not {a['grid']!r}")
-    a["steps"] = a["steps"] or DEFAULT_STEPS[a["sampler"]]
-    need(1 <= a["steps"] <= 1000, f"--steps must be in 1..1000, not {a['steps']}")
-    need(a["preset"] in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, not {a['preset']!r}")
-    ctx, results = make_context(a, pick_device(a["device"])), {}
+    ctx, results = make_context(Sampling(**chosen), pick_device(device)), {}
+    cannot_generate(ctx)                             # loads the models: a bad sampling value stops here
     for part in PARTS:
         if part in parts:
             try:
                 results[part] = RUN[part](ctx)
             except NotRun as e:
                 results[part] = {"value": None, "reason": str(e)}
-    out_path = os.path.join(a["out_dir"], "eval.json")
+    out_path = os.path.join(out_dir, "eval.json")
     results = {"protocol": run_protocol(ctx, parts), **results}
-    os.makedirs(a["out_dir"], exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     with open(out_path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
     os.replace(out_path + ".tmp", out_path)          # a killed run never leaves half a JSON
     print(summary(results))
-    if a["report"]:
-        print(f"report: {write_report(a['out_dir'], results, ctx.cfg, ctx.shown)}")
+    if report:
+        print(f"report: {write_report(out_dir, results, ctx.cfg, ctx.shown)}")
     return results
 
 
-COLUMNS = (("F1", "f1"), ("prec", "precision"), ("recall", "recall"), ("|off| ms", "median_abs_offset_ms"),
-           ("pitch", "pitch_agreement"), ("1 disc", "disc_detection_rate"), ("events v/a", None))
-ROWS = dict(real="real pairs (ceiling)", shuffled="shuffled real pairs (chance)",
-            reconstruction="ae: reconstructions", projection_only="ae: real video + projected audio",
-            generated="{}: generated", generated_shuffled="{}: generated, shuffled")
-
-
-def cell(m: dict, key) -> str:
-    if key is None:
-        return f"{m['n_video_events']}/{m['n_audio_events']}"
-    if m[key] is None:
-        return "—"
-    return f"{m[key]:.1f}" if key.endswith("_ms") else f"{m[key]:.3f}"
-
-
 def summary(results) -> str:
-    """The results JSON as a few lines and one sync table (every part's rows under the shared
-    ceiling and chance rows); each column is as wide as its widest cell, plus two spaces."""
+    """The results JSON as a few lines and one sync table (report.sync_text: every part's rows
+    under the shared ceiling and chance rows)."""
     p, ck, gen = results["protocol"], results["protocol"]["checkpoints"], results["protocol"]["generation"]
     step = lambda s: f"step {ck[s]['step']}" if ck[s]["reason"] is None else "missing"
     lines = [f"evaluation -> {p['out']}",
@@ -454,11 +464,11 @@ def summary(results) -> str:
              f"{p['sample_rate']} Hz; n = {p['n']}, fvd_n = {p['fvd_n']}",
              f"  ae.pt {step('ae')}, dit.pt {step('dit')}; generated: " +
              (f"{gen['source']} ({gen['files']} files)" if "files" in gen else
-              f"{gen['sampler']}-{gen['steps']}, eta {gen['eta']}, cfg {gen['cfg_scale']}, seed {gen['seed']}"
+              f"{gen['sampler']}-{gen['steps']}, eta {gen['eta']}, cfg {gen['cfg_scale']}, "
+              f"cross-modal guidance {gen['xmodal_cfg']}, seed {gen['seed']}"
               f"{', audio re-drawn given the video' if gen.get('resample_audio') else ''}; "
-              f"a2v/v2a: conditioning {gen['conditioning']}, xmodal_cfg {gen['xmodal_cfg']}, "
-              f"reconstruction guidance {gen['zero_shot_guidance']}")]
-    reference, rows = {}, []
+              f"a2v/v2a: conditioning {gen['conditioning']}"
+              f"{', reconstruction guidance %s' % gen['guidance'] if gen['conditioning'] == 'replace' else ''}")]
     for part in (q for q in PARTS if q in results):
         r = results[part]
         if r.get("reason"):
@@ -486,18 +496,9 @@ def summary(results) -> str:
                 lines.append(f"{name:>6}: " + (f"null: {e['reason']}" if e["value"] is None else
                                                f"{e['value']:.4g} ({q['n_real']} real vs {q['n_generated']} "
                                                f"generated, {q['network_file']})"))
-        for name, m in (r.get("sync") or {}).items():
-            if name in ("real", "shuffled"):
-                reference[name] = m                  # the same held-out pairs in every part
-            else:
-                rows.append((ROWS[name].format(part), m))
-    rows = [(ROWS[name], m) for name, m in reference.items()] + rows
-    if rows:
-        table = [[label] + [cell(m, key) for _, key in COLUMNS] for label, m in rows]
-        head = [f"sync (tolerance {p['sync_tolerance_ms']:.0f} ms)"] + [h for h, _ in COLUMNS]
-        widths = [max(len(r[i]) for r in table + [head]) for i in range(len(head))]
-        fmt = lambda r: "  " + r[0].ljust(widths[0]) + "".join(c.rjust(w + 2) for c, w in zip(r[1:], widths[1:]))
-        lines += ["", fmt(head)] + [fmt(r) for r in table]
+    table = sync_text(results)                       # the report's sync table, as text
+    if table:
+        lines += ["", *table]
     return "\n".join(lines)
 
 

@@ -12,8 +12,9 @@ FVD, KVD and FAD with a feature network the user supplies (PAPER.md §7).
   distribution_metrics  both sets read once, every loaded network fed the same batch: what
                         evaluate.py's command line runs and what the tests check
 
-The weights cannot be downloaded here: a missing file is a clear error that names the flag that
-supplies it, and in a results JSON the metric is `null` with a "reason", never 0.
+This code downloads no weights: the user supplies each network as a TorchScript file. A missing
+file is a clear error that names the flag that supplies it, and in a results JSON the metric is
+`null` with a "reason", never 0.
 """
 import hashlib
 import os
@@ -85,7 +86,7 @@ FLAGS = {"video": "--i3d", "audio": "--audio_net"}   # the CLI flag that supplie
 
 
 class FeatureNetMissing(FileNotFoundError):
-    """The feature network file was not given or does not exist (it cannot be downloaded here)."""
+    """The feature network file was not given or does not exist (this code downloads no weights)."""
 
 
 def file_sha256(path) -> str:
@@ -112,8 +113,8 @@ class FeatureNet:
         assert kind in FLAGS, f"kind must be one of {list(FLAGS)}, got {kind!r}"
         if path is None or not os.path.isfile(path):
             what = "no file given" if path is None else f"file not found: {path}"
-            raise FeatureNetMissing(f"{kind} feature network: {what}. The weights cannot be "
-                                    f"downloaded here; pass a TorchScript file with {FLAGS[kind]} PATH")
+            raise FeatureNetMissing(f"{kind} feature network: {what}; pass a TorchScript file "
+                                    f"with {FLAGS[kind]} PATH")
         self.path, self.kind, self.device = str(path), kind, device
         self.sha256 = file_sha256(path)
         if str(path).endswith(".pt2"):              # torch.export's format, TorchScript's successor

@@ -17,13 +17,14 @@ import functools
 import os
 import time
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from autoencoder import MDSA
 from audio import frames_to_wave, wave_to_frames
 from config import DIT_FIELDS, Config
-from diffusion import Diffusion, sample_latent
+from diffusion import Diffusion, Sampling, sample_latent
 from model import VIDEO_PLANES, STDiT, stack_planes, unstack_planes
 
 # ----------------------------------------------------------------------------- device and precision
@@ -64,14 +65,17 @@ def cpu_bf16_is_fast() -> bool:
     return best(torch.bfloat16) < 0.5 * best(torch.float32)
 
 
-def use_bf16(device: torch.device, precision: str = "auto") -> bool:
+Precision = Literal["auto", "bf16", "fp32"]   # the scripts' --precision
+
+
+def use_bf16(device: torch.device, precision: Precision = "auto") -> bool:
     """precision "auto" → bf16 on GPUs and on CPUs where it is fast; "bf16" or "fp32" force it."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision not in get_args(Precision):
+        raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, not {precision!r}")
     return precision == "bf16" or (precision == "auto" and (device.type == "cuda" or cpu_bf16_is_fast()))
 
 
-def autocast(device: torch.device, precision: str = "auto"):
+def autocast(device: torch.device, precision: Precision = "auto"):
     """The mixed-precision context: bf16 autocast where `use_bf16`, else a no-op. bf16 keeps fp32's
     exponent range, so no loss scaling is needed."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, precision))
@@ -86,8 +90,13 @@ def save_checkpoint(obj: dict, path: str) -> None:
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
 
 
-def load_checkpoint(path: str, stage: str, hint: str) -> dict:
-    """Read a checkpoint of `stage` ("ae" or "dit"); `hint` is the command that would make one."""
+# The command that makes each stage's checkpoint: what every message about a missing or unfit one says.
+TRAIN_COMMAND = {"ae": "python train.py --stage ae", "dit": "python train.py --stage dit"}
+
+
+def load_checkpoint(path: str, stage: str) -> dict:
+    """Read a checkpoint of `stage` ("ae" or "dit"), or exit with what is wrong and what to run."""
+    hint = TRAIN_COMMAND[stage]
     if not os.path.exists(path):
         raise SystemExit(f"no {stage} checkpoint at {path}: run `{hint}` first")
     try:
@@ -101,7 +110,7 @@ def load_checkpoint(path: str, stage: str, hint: str) -> dict:
     return ckpt
 
 
-def load_weights(module: torch.nn.Module, state: dict, path: str, hint: str) -> None:
+def load_weights(module: torch.nn.Module, state: dict, path: str, stage: str) -> None:
     """module.load_state_dict(state), or a message naming the file when the weights are from another
     version of the code (renamed, added or removed layers) rather than torch's list of keys."""
     try:
@@ -109,13 +118,19 @@ def load_weights(module: torch.nn.Module, state: dict, path: str, hint: str) -> 
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise SystemExit(f"{path} does not fit this version's {type(module).__name__} ({first}); it was "
-                         f"probably written by older code: rerun `{hint}`") from None
+                         f"probably written by older code: rerun `{TRAIN_COMMAND[stage]}`") from None
 
 
-def config_mismatch(a: Config, b: Config, ignore=()) -> list:
-    """The fields where two configs differ, as 'name: a vs b' strings."""
-    da, db = a.to_dict(), b.to_dict()
-    return [f"{k}: {da[k]} vs {db[k]}" for k in da if k not in ignore and da[k] != db[k]]
+def check_dit_fits_ae(dit_ck: dict, ae_ck: dict, dit_path: str, ae_path: str) -> None:
+    """Exit unless the denoiser checkpoint was trained on this autoencoder checkpoint: the same
+    config outside the denoiser's own fields (DIT_FIELDS), and the same AE step."""
+    da, db = Config.from_dict(ae_ck["config"]).to_dict(), Config.from_dict(dit_ck["config"]).to_dict()
+    diff = [f"{k}: {da[k]} vs {db[k]}" for k in da if k not in DIT_FIELDS and da[k] != db[k]]
+    if dit_ck["ae_step"] != ae_ck["step"]:
+        diff.append(f"AE step {ae_ck['step']} vs {dit_ck['ae_step']}")
+    if diff:
+        raise SystemExit(f"{dit_path} was trained on another autoencoder than {ae_path} ({'; '.join(diff)}): "
+                         f"rerun `{TRAIN_COMMAND['dit']}` (without --resume)")
 
 
 # ----------------------------------------------------------------------------- models
@@ -130,81 +145,48 @@ class Models:
 
 def load_models(out_dir: str = "out", device="cpu") -> Models:
     """Rebuild MDSA and the EMA STDiT from out_dir/ae.pt and out_dir/dit.pt, checking they belong together."""
-    ae_ck = load_checkpoint(os.path.join(out_dir, "ae.pt"), "ae", "python train.py --stage ae")
-    dit_ck = load_checkpoint(os.path.join(out_dir, "dit.pt"), "dit", "python train.py --stage dit")
-    ae_cfg, cfg = Config.from_dict(ae_ck["config"]), Config.from_dict(dit_ck["config"])
-    diff = config_mismatch(ae_cfg, cfg, ignore=DIT_FIELDS)
-    if diff or dit_ck["ae_step"] != ae_ck["step"]:
-        raise SystemExit(f"{out_dir}/dit.pt was trained on another autoencoder than {out_dir}/ae.pt "
-                         f"({'; '.join(diff) or 'AE step %d vs %d' % (dit_ck['ae_step'], ae_ck['step'])}): "
-                         "rerun `python train.py --stage dit`")
-    ae, dit = MDSA(ae_cfg), STDiT(cfg)
-    load_weights(ae, ae_ck["model"], os.path.join(out_dir, "ae.pt"), "python train.py --stage ae")
-    load_weights(dit, dit_ck["ema"], os.path.join(out_dir, "dit.pt"), "python train.py --stage dit")
+    ae_path, dit_path = os.path.join(out_dir, "ae.pt"), os.path.join(out_dir, "dit.pt")
+    ae_ck, dit_ck = load_checkpoint(ae_path, "ae"), load_checkpoint(dit_path, "dit")
+    check_dit_fits_ae(dit_ck, ae_ck, dit_path, ae_path)
+    cfg = Config.from_dict(dit_ck["config"])
+    ae, dit = MDSA(Config.from_dict(ae_ck["config"])), STDiT(cfg)
+    load_weights(ae, ae_ck["model"], ae_path, "ae")
+    load_weights(dit, dit_ck["ema"], dit_path, "dit")
     return Models(cfg, ae.to(device).eval(), dit.to(device).eval(), Diffusion.from_config(cfg),
                   float(dit_ck["latent_scale"]))
 
 
 # ----------------------------------------------------------------------------- generation
-CONDITIONINGS = ("auto", "native", "replace")
-
-
-def conditioning_for(cfg: Config, conditioning: str) -> str:
-    """"auto" → "native" for a denoiser trained with one modality clean (cfg.mix_clean > 0), else
-    "replace" (a denoiser trained on equal noise levels only never saw clean planes)."""
-    if conditioning not in CONDITIONINGS:
-        raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {conditioning!r}")
-    if conditioning == "auto":
-        return "native" if cfg.mix_clean > 0 else "replace"
-    return conditioning
+Mode = Literal["joint", "a2v", "v2a"]   # both modalities, or one given and the other generated
 
 
 @torch.no_grad()
-def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wave=None, label=None,
-             cfg_scale: float = 1.0, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-             conditioning: str = "auto", guidance: float = 0.0, xmodal_cfg: float = 1.0, grid: str = "time",
-             resample_audio: bool = False, generator=None, progress: bool = False):
+def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joint", cond_video=None,
+             cond_wave=None, label=None, generator=None, progress: bool = False):
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
+    how        the sampling choices (diffusion.Sampling: sampler, steps, guidance scales, ...); the
+               ones left None follow what this denoiser was trained for (Sampling.for_model).
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
-    conditioning  how a2v / v2a hold the given planes (diffusion.sample_latent): "native" (clean, at
-                  t = 0, with cross-modal guidance `xmodal_cfg`), "replace" (re-noised at every step, with
-                  reconstruction guidance `guidance`), or "auto" (conditioning_for). Joint sampling
-                  uses `xmodal_cfg` too: each modality guided by the other (diffusion.joint_xmodal_eps).
-    resample_audio  joint only: after the joint sample, draw the audio again from p(audio | video) given
-                  the finished video, exactly as v2a does (the same conditioning and scales). One
-                  Gibbs step: if (video, audio) came from p, re-drawing one of them from its conditional
-                  leaves the pair distributed as p; the model's V2A places clicks far closer to a
-                  video's hits than its joint sampler does (README). Costs a second run of `steps`.
-    eta           the noise of "ddim" and "dpm++" (0: deterministic; 1: DDPM-like; see
-                  diffusion.sample_latent); "ddpm" sets its own.
-    generator     the one source of randomness: the same seed gives the same clips.
+    mode "joint" with how.resample_audio: after the joint sample, the audio is drawn again from
+               p(audio | video) given the finished video, exactly as v2a does. One Gibbs step: if
+               (video, audio) came from p, re-drawing one of them from its conditional leaves the pair
+               distributed as p; the model's V2A places clicks far closer to a video's hits than its
+               joint sampler does (RESULTS.md). It costs a second run of the sampler.
+    generator  the one source of randomness: the same seed gives the same clips.
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
     """
-    cfg, dev = m.cfg, next(m.dit.parameters()).device
-    L, c = cfg.latent_size, cfg.latent_channels
-    shape = (n, c, len(VIDEO_PLANES), L, L)
-    known = known_mask = None
+    cfg, dev, how = m.cfg, next(m.dit.parameters()).device, how.for_model(m.diffusion)
+    shape = (n, cfg.latent_channels, len(VIDEO_PLANES), cfg.latent_size, cfg.latent_size)
+    known = known_mask = given = None
     if mode in ("a2v", "v2a"):
-        given = cond_wave if mode == "a2v" else cond_video
-        if given is None:
-            raise ValueError(f"mode {mode} needs the {'audio (cond_wave)' if mode == 'a2v' else 'video (cond_video)'}"
-                             " to condition on")
-        given = torch.as_tensor(given, dtype=torch.float32)
-        single = given.dim() == (1 if mode == "a2v" else 4)
-        given = given[None].expand(n, *given.shape) if single else given  # n × (N or 3×T×S×S)
-        if mode == "a2v":  # the AE encodes audio alone: the video planes come back None
-            planes = m.ae.encode(audio=wave_to_frames(given, cfg).to(dev))
-        else:
-            planes = m.ae.encode(video=given.to(dev))
-        ref = next(p for p in planes if p is not None)
-        planes = [torch.zeros_like(ref) if p is None else p for p in planes]
-        known = stack_planes(planes) * m.latent_scale
+        given = given_clips(cond_wave if mode == "a2v" else cond_video, mode, n)
+        known = encode_given(m, given, mode)
         known_mask = (VIDEO_PLANES if mode == "v2a" else ~VIDEO_PLANES).to(dev)
     elif mode != "joint":
-        raise ValueError(f"unknown mode {mode!r}: choose joint, a2v or v2a")
+        raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(get_args(Mode))}")
     y = None
     if cfg.num_classes > 0:
         # One label for all clips, one per clip (n labels), or none: every class in turn (a grid shows all).
@@ -212,16 +194,34 @@ def generate(m: Models, n: int, *, mode: str = "joint", cond_video=None, cond_wa
     elif label is not None:
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
     noise = torch.randn(shape, generator=generator).to(dev)
-    how = conditioning_for(cfg, conditioning)
-    run = functools.partial(sample_latent, m.diffusion, m.dit, shape, sampler=sampler, steps=steps, y=y,
-                            cfg_scale=cfg_scale, eta=eta if sampler != "ddpm" else 0.0,  # ancestral sets its own
-                            conditioning=how, grid=grid, generator=generator, progress=progress,
-                            guidance=guidance if how == "replace" else 0.0)   # each scale belongs to one way
-    z = run(known=known, known_mask=known_mask, noise=noise,
-            xmodal_cfg=xmodal_cfg if mode == "joint" or how == "native" else 1.0)
-    if resample_audio and mode == "joint":                      # the Gibbs step: the video planes kept
-        z = run(known=z, known_mask=VIDEO_PLANES.to(dev), xmodal_cfg=xmodal_cfg if how == "native" else 1.0)
+    run = functools.partial(sample_latent, m.diffusion, m.dit, shape, how, y=y, generator=generator,
+                            progress=progress)
+    z = run(known=known, known_mask=known_mask, noise=noise)
+    if how.resample_audio and mode == "joint":                  # the Gibbs step: the video planes kept
+        z = run(known=z, known_mask=VIDEO_PLANES.to(dev))
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
     wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)
     return video, wave
+
+
+def given_clips(given, mode: str, n: int) -> torch.Tensor:
+    """The a2v audio (N or n×N) or v2a video (3×T×S×S or n×3×T×S×S) as a batch of n, float32."""
+    if given is None:
+        raise ValueError(f"mode {mode} needs the {'audio (cond_wave)' if mode == 'a2v' else 'video (cond_video)'}"
+                         " to condition on")
+    given = torch.as_tensor(given, dtype=torch.float32)
+    single = given.dim() == (1 if mode == "a2v" else 4)
+    return given[None].expand(n, *given.shape) if single else given
+
+
+def encode_given(m: Models, given: torch.Tensor, mode: str) -> torch.Tensor:
+    """The given modality's three planes in the stacked, scaled latent `n×c×P×L×L`; the other
+    modality's planes are zeros (the sampler fills them)."""
+    dev = next(m.dit.parameters()).device
+    if mode == "a2v":  # the AE encodes audio alone: the video planes come back None
+        planes = m.ae.encode(audio=wave_to_frames(given, m.cfg).to(dev))
+    else:
+        planes = m.ae.encode(video=given.to(dev))
+    ref = next(p for p in planes if p is not None)
+    return stack_planes([torch.zeros_like(ref) if p is None else p for p in planes]) * m.latent_scale

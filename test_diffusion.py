@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from config import get_config
-from diffusion import Diffusion, ddim_step, dpm_step, logsnr_timesteps, native_eps, sample_latent
+from diffusion import Diffusion, Sampling, ddim_step, dpm_step, logsnr_timesteps, native_eps, sample_latent
 from model import PLANE_NAMES, VIDEO_PLANES, STDiT, latent_shape, unprojected_stdit
 
 SMALL = dict(dit_width=32, dit_depth=2, dit_heads=2)
@@ -45,10 +45,12 @@ def test_one_generator_seed_fixes_a_sample():
     shape = (2, *latent_shape(cfg))
     known = torch.randn(shape, generator=torch.Generator().manual_seed(9))
 
-    def run(seed, **kw):                                              # no `noise`: the start comes from the seed too
-        return sample_latent(diffusion, model, shape, steps=4, generator=torch.Generator().manual_seed(seed), **kw)
+    def run(seed, known=None, known_mask=None, **how):               # no `noise`: the start comes from the seed too
+        return sample_latent(diffusion, model, shape, Sampling(steps=4, **how), known=known, known_mask=known_mask,
+                             generator=torch.Generator().manual_seed(seed))
 
-    for kw in (dict(sampler="ddpm"), dict(sampler="ddim", eta=0.0, known=known, known_mask=VIDEO_PLANES),
+    for kw in (dict(sampler="ddpm"), dict(sampler="ddim", eta=0.0, known=known, known_mask=VIDEO_PLANES,
+                                           conditioning="replace", guidance=0.0),
                dict(sampler="dpm++", known=known, known_mask=~VIDEO_PLANES, conditioning="native", xmodal_cfg=2.0)):
         assert torch.equal(run(3, **kw), run(3, **kw)), kw
         assert not torch.allclose(run(3, **kw), run(4, **kw)), kw
@@ -244,8 +246,9 @@ def test_native_conditioning_samples_the_exact_conditional(prediction, video_giv
     known = torch.zeros(n, 1, 6, 1, 1)
     known[:, 0, mask, 0, 0] = given.float()
     mean, var = conditional(cov, given, video_given)
-    out = sample_latent(diffusion, model, known.shape, sampler="dpm++", steps=50, grid="logsnr", known=known,
-                        known_mask=mask, conditioning="native", generator=torch.Generator().manual_seed(1))
+    out = sample_latent(diffusion, model, known.shape,
+                        Sampling(sampler="dpm++", steps=50, eta=0.0, grid="logsnr", xmodal_cfg=1.0, conditioning="native"),
+                        known=known, known_mask=mask, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out[:, :, mask], known[:, :, mask])            # the given planes, untouched
     for x, t in model.calls:                                          # ... and clean at t = 0 in every call
         assert torch.equal(x[:, :, mask], known[:, :, mask]) and (t[:, 0 if video_given else 1] == 0).all()
@@ -253,7 +256,8 @@ def test_native_conditioning_samples_the_exact_conditional(prediction, video_giv
     assert (free.mean(0) - mean).abs().max() < 0.02                   # std error of the mean ≈ 0.003
     torch.testing.assert_close(torch.cov(free.T), var, rtol=0, atol=0.01)   # entries ≈ 0.1-0.2
     # joint sampling of the same model: the marginal, whose variance (1) is far from the conditional
-    joint = sample_latent(diffusion, model, known.shape, sampler="dpm++", steps=50, grid="logsnr",
+    joint = sample_latent(diffusion, model, known.shape,
+                          Sampling(sampler="dpm++", steps=50, eta=0.0, grid="logsnr", xmodal_cfg=1.0),
                           generator=torch.Generator().manual_seed(1))[:, 0, ~mask, 0, 0].double()
     torch.testing.assert_close(torch.cov(joint.T), cov[~mask][:, ~mask], rtol=0, atol=0.05)
     assert (torch.cov(joint.T).diagonal() > 3 * var.diagonal()).all()
@@ -268,8 +272,9 @@ def test_native_conditioning_with_ddpm():
     known = torch.zeros(n, 1, 6, 1, 1)
     known[:, 0, 3:, 0, 0] = given.float()
     mean, var = conditional(cov, given, video_given=False)
-    out = sample_latent(diffusion, model, known.shape, sampler="ddpm", steps=200, known=known, known_mask=~VIDEO_PLANES,
-                        conditioning="native", generator=torch.Generator().manual_seed(2))
+    out = sample_latent(diffusion, model, known.shape,
+                        Sampling(sampler="ddpm", steps=200, xmodal_cfg=1.0, conditioning="native"), known=known,
+                        known_mask=~VIDEO_PLANES, generator=torch.Generator().manual_seed(2))
     free = out[:, 0, :3, 0, 0].double()
     assert (free.mean(0) - mean).abs().max() < 0.03
     torch.testing.assert_close(torch.cov(free.T), var, rtol=0, atol=0.02)
@@ -281,12 +286,13 @@ def test_native_conditioning_refuses_partial_modalities():
     known = torch.zeros(shape)
     for mask in (torch.tensor([True, False, False, False, False, False]), torch.ones(6, dtype=torch.bool)):
         with pytest.raises(ValueError, match="native"):
-            sample_latent(diffusion, model, shape, steps=2, known=known, known_mask=mask, conditioning="native")
-    with pytest.raises(ValueError, match="guidance"):
-        sample_latent(diffusion, model, shape, steps=2, known=known, known_mask=VIDEO_PLANES, conditioning="native",
-                      guidance=1.0)
-    with pytest.raises(ValueError, match="xmodal_cfg"):
-        sample_latent(diffusion, model, shape, steps=2, known=known, known_mask=VIDEO_PLANES, xmodal_cfg=2.0)
+            sample_latent(diffusion, model, shape,
+                          Sampling(sampler="ddim", steps=2, eta=0.0, xmodal_cfg=1.0, conditioning="native"),
+                          known=known, known_mask=mask)
+    for bad, name in ((dict(sampler="euler"), "sampler"), (dict(conditioning="both"), "conditioning"),
+                      (dict(steps=1001), "steps"), (dict(eta=-1.0), "eta")):
+        with pytest.raises(ValueError, match=f"^{name} must be"):     # the message names the setting first
+            sample_latent(diffusion, model, shape, Sampling(**bad), known=known, known_mask=VIDEO_PLANES)
 
 
 def test_cross_modal_guidance_is_one_batched_forward():
@@ -296,8 +302,9 @@ def test_cross_modal_guidance_is_one_batched_forward():
     n, given = 4000, torch.tensor([1.0, -0.5, 0.8], dtype=torch.float64)
     known = torch.zeros(n, 1, 6, 1, 1)
     known[:, 0, 3:, 0, 0] = given.float()
-    run = lambda s: sample_latent(diffusion, model, known.shape, sampler="ddim", steps=20, known=known,  # noqa: E731
-                                  known_mask=~VIDEO_PLANES, conditioning="native", xmodal_cfg=s,
+    run = lambda s: sample_latent(diffusion, model, known.shape,
+                                  Sampling(sampler="ddim", steps=20, eta=0.0, xmodal_cfg=s, conditioning="native"),
+                                  known=known, known_mask=~VIDEO_PLANES,
                                   generator=torch.Generator().manual_seed(3))
     plain = run(1.0)
     assert all(x.shape[0] == n for x, _ in model.calls)               # s = 1: one plain forward per step
@@ -335,9 +342,9 @@ def test_cross_modal_and_class_guidance_combine(prediction):
                                rtol=1e-4, atol=1e-5)
     only_class = native_eps(diffusion, model, x, t, y, g, mask, True, 1.0, lambda: fresh)
     torch.testing.assert_close(only_class[free], (e_n + g * (e_c - e_n))[free], rtol=1e-4, atol=1e-5)
-    out = sample_latent(diffusion, model, shape, sampler="dpm++", steps=4, y=y, cfg_scale=g, known=x,
-                        known_mask=VIDEO_PLANES, conditioning="native", xmodal_cfg=s,
-                        generator=torch.Generator().manual_seed(6))
+    out = sample_latent(diffusion, model, shape,
+                        Sampling(sampler="dpm++", steps=4, eta=0.0, cfg_scale=g, xmodal_cfg=s, conditioning="native"),
+                        y=y, known=x, known_mask=VIDEO_PLANES, generator=torch.Generator().manual_seed(6))
     assert torch.isfinite(out).all() and torch.equal(out[:, :, VIDEO_PLANES], x[:, :, VIDEO_PLANES])
 
 
@@ -362,7 +369,9 @@ def test_dpm_solver_follows_the_exact_ode(sd, grid):
     exact = sd * noise / (ab * sd ** 2 + 1 - ab) ** 0.5
 
     def miss(sampler, steps):
-        out = sample_latent(diffusion, model, noise.shape, sampler=sampler, steps=steps, grid=grid, noise=noise)
+        out = sample_latent(diffusion, model, noise.shape,
+                            Sampling(sampler=sampler, steps=steps, eta=0.0, grid=grid, xmodal_cfg=1.0),
+                            noise=noise)
         return ((out - exact).norm() / exact.norm()).item()
 
     dpm, ddim = miss("dpm++", 20), miss("ddim", 20)
@@ -376,8 +385,9 @@ def test_dpm_solver_variance_converges_at_second_order():
     diffusion, sd = Diffusion(1000), 0.5
     model = gaussian_eps(diffusion, sd)
     noise = torch.randn(200_000, 1, 6, 1, 1, generator=torch.Generator().manual_seed(1))
-    var = lambda steps: sample_latent(diffusion, model, noise.shape, sampler="dpm++", steps=steps,  # noqa: E731
-                                      grid="logsnr", noise=noise).var().item() / sd ** 2
+    var = lambda steps: sample_latent(diffusion, model, noise.shape,
+                                      Sampling(sampler="dpm++", steps=steps, eta=0.0, grid="logsnr", xmodal_cfg=1.0),
+                                      noise=noise).var().item() / sd ** 2
     v20, v40 = var(20), var(40)
     assert abs(v20 - 1) < 0.035 and abs(v40 - 1) < 0.01               # halving h quarters the error
     assert abs(v40 - 1) < abs(v20 - 1) / 3
@@ -407,11 +417,16 @@ def test_dpm_solver_with_labels_and_replacement(prediction):
     gen = torch.Generator().manual_seed(7)
     noise, known = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     y = torch.tensor([0, 2])
-    a = sample_latent(diffusion, model, shape, sampler="dpm++", steps=6, y=y, cfg_scale=3.0, noise=noise)
-    b = sample_latent(diffusion, model, shape, sampler="dpm++", steps=6, y=y, cfg_scale=1.0, noise=noise)
+    a = sample_latent(diffusion, model, shape,
+                      Sampling(sampler="dpm++", steps=6, eta=0.0, cfg_scale=3.0, xmodal_cfg=1.0), y=y,
+                      noise=noise)
+    b = sample_latent(diffusion, model, shape,
+                      Sampling(sampler="dpm++", steps=6, eta=0.0, cfg_scale=1.0, xmodal_cfg=1.0), y=y,
+                      noise=noise)
     assert torch.isfinite(a).all() and (a - b).abs().max() > 1e-3     # the guidance scale acts
-    out = sample_latent(diffusion, model, shape, sampler="dpm++", steps=6, known=known, known_mask=VIDEO_PLANES,
-                        guidance=2.0, generator=torch.Generator().manual_seed(8))
+    out = sample_latent(diffusion, model, shape,
+                        Sampling(sampler="dpm++", steps=6, eta=0.0, xmodal_cfg=1.0, conditioning="replace", guidance=2.0),
+                        known=known, known_mask=VIDEO_PLANES, generator=torch.Generator().manual_seed(8))
     assert torch.equal(out[:, :, VIDEO_PLANES], known[:, :, VIDEO_PLANES]) and torch.isfinite(out).all()
 
 
@@ -431,8 +446,9 @@ def test_dpm_solver_sde_samples_the_data_distribution():
     # steps the SDE form recovers the data's variance; with η = 0 at the same steps, so does the ODE.
     diffusion, sd = Diffusion(1000), 0.5
     model = gaussian_eps(diffusion, sd)
-    var = lambda eta: sample_latent(diffusion, model, (100_000, 1, 6, 1, 1), sampler="dpm++", steps=250,  # noqa: E731
-                                    eta=eta, grid="logsnr", generator=torch.Generator().manual_seed(5)).var().item()
+    var = lambda eta: sample_latent(diffusion, model, (100_000, 1, 6, 1, 1),
+                                    Sampling(sampler="dpm++", steps=250, eta=eta, grid="logsnr", xmodal_cfg=1.0),
+                                    generator=torch.Generator().manual_seed(5)).var().item()
     assert abs(var(1.0) / sd ** 2 - 1) < 0.01 and abs(var(0.0) / sd ** 2 - 1) < 0.01
 
 
@@ -446,7 +462,8 @@ def test_joint_cross_modal_guidance_strengthens_the_dependence():
     shape = (n, 1, 6, 1, 1)
 
     def cross(s):
-        out = sample_latent(diffusion, model, shape, sampler="dpm++", steps=30, grid="logsnr", xmodal_cfg=s,
+        out = sample_latent(diffusion, model, shape,
+                            Sampling(sampler="dpm++", steps=30, eta=0.0, grid="logsnr", xmodal_cfg=s),
                             generator=torch.Generator().manual_seed(2))[:, 0, :, 0, 0].double()
         return torch.cov(out.T)[:3, 3:]
 

@@ -9,16 +9,14 @@ import pytest
 import torch
 
 import evaluate as ev
-import train
 from config import get_config
+from conftest import TOY_STEPS
 from metrics import file_sha256
 from test_metrics import TinyVideoNet
 
 # ---------------------------------------------------------------------------------------------
 # the CLI end to end: a toy out_dir made by train.py, and a folder of mp4 files
 # ---------------------------------------------------------------------------------------------
-TOY = ["--ae_channels", "32", "--dit_width", "64", "--dit_depth", "2", "--batch_size", "2",
-       "--train_clips", "8", "--eval_clips", "2", "--log_every", "1", "--preview_every", "0"]
 PARTS = ("ae", "gen", "a2v", "v2a", "xmodal", "fvd")
 
 
@@ -39,13 +37,10 @@ def nets(tmp_path_factory):
     return {"video": str(d / "i3d.pt"), "audio": str(d / "audio.pt")}
 
 
-@pytest.fixture(scope="module")
-def toy_out(tmp_path_factory):
-    """ae.pt and dit.pt from train.py, two steps each, at a toy size."""
-    out = str(tmp_path_factory.mktemp("toy"))
-    train.main(["--stage", "ae", "--max_steps", "2", "--out_dir", out] + TOY)
-    train.main(["--stage", "dit", "--max_steps", "2", "--out_dir", out] + TOY)
-    return out
+@pytest.fixture(scope="session")
+def toy_out(toy_run):
+    """ae.pt and dit.pt from train.py, TOY_STEPS steps each, at a toy size: conftest's `toy_run`."""
+    return toy_run
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +60,7 @@ def test_cli_protocol(toy_eval, toy_out, nets):
     assert "seed 1000" in p["split"] and p["sync_tolerance_ms"] == 100.0
     for stage in ("ae", "dit"):
         ck = p["checkpoints"][stage]
-        assert ck["step"] == 2 and ck["reason"] is None and ck["sha256"] == file_sha256(f"{toy_out}/{stage}.pt")
+        assert ck["step"] == TOY_STEPS and ck["reason"] is None and ck["sha256"] == file_sha256(f"{toy_out}/{stage}.pt")
     g = p["generation"]
     assert (g["source"], g["sampler"], g["steps"], g["eta"]) == ("sampled", "dpm++", 2, 1.0)
     assert p["networks"]["video"]["sha256"] == file_sha256(nets["video"])
@@ -161,7 +156,7 @@ def test_cli_without_dit_runs_ae_and_gives_reasons(toy_out, tmp_path):
         assert r[part]["value"] is None and "dit.pt" in r[part]["reason"] and "--stage dit" in r[part]["reason"]
     for name in ("fvd", "kvd", "fad"):
         assert r["fvd"][name]["value"] is None and r["fvd"][name]["reason"]
-    assert r["protocol"]["checkpoints"]["dit"]["reason"] and r["protocol"]["checkpoints"]["ae"]["step"] == 2
+    assert r["protocol"]["checkpoints"]["dit"]["reason"] and r["protocol"]["checkpoints"]["ae"]["step"] == TOY_STEPS
     assert os.path.exists(tmp_path / "eval.json")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from config import PRESETS, get_config
-from diffusion import Diffusion, respaced_timesteps, sample_latent
+from diffusion import Diffusion, Sampling, respaced_timesteps, sample_latent
 from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
 
 
@@ -212,16 +212,17 @@ def test_ddim_eta0_is_deterministic_and_ddpm_runs():
     model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
     shape = (2, *latent_shape(cfg))
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    run = lambda seed, eta: sample_latent(diffusion, model, shape, steps=8, eta=eta, noise=noise,
-                                          generator=torch.Generator().manual_seed(seed))
+    run = lambda seed, eta: sample_latent(diffusion, model, shape,
+                                          Sampling(sampler="ddim", steps=8, eta=eta, xmodal_cfg=1.0),
+                                          noise=noise, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(0, 0.0), run(1, 0.0))                      # η=0 ignores the generator
     assert not torch.allclose(run(0, 1.0), run(1, 1.0))               # η=1 does not
-    ddpm = sample_latent(diffusion, model, shape, sampler="ddpm", steps=10, noise=noise,
-                         generator=torch.Generator().manual_seed(2))
+    ddpm = sample_latent(diffusion, model, shape, Sampling(sampler="ddpm", steps=10, xmodal_cfg=1.0),
+                         noise=noise, generator=torch.Generator().manual_seed(2))
     assert torch.isfinite(ddpm).all() and not torch.equal(ddpm, noise)
     # ancestral DDPM with β̃ is DDIM at η=1 on the same grid and the same noise draws
-    ddim1 = sample_latent(diffusion, model, shape, sampler="ddim", eta=1.0, steps=10, noise=noise,
-                          generator=torch.Generator().manual_seed(2))
+    ddim1 = sample_latent(diffusion, model, shape, Sampling(sampler="ddim", steps=10, eta=1.0, xmodal_cfg=1.0),
+                          noise=noise, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(ddpm, ddim1, rtol=1e-4, atol=1e-4)
 
 
@@ -238,8 +239,11 @@ def test_classifier_free_guidance(prediction):
     torch.testing.assert_close(diffusion.predict_eps(model, x, t, y, cfg_scale=0.0), eps_u,
                                rtol=1e-4, atol=1e-5)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
-    guided = sample_latent(diffusion, model, x.shape, steps=4, y=y, cfg_scale=1.0, noise=noise)
-    plain = sample_latent(diffusion, always_conditioned(model, y), x.shape, steps=4, noise=noise)
+    guided = sample_latent(diffusion, model, x.shape,
+                           Sampling(sampler="ddim", steps=4, eta=0.0, cfg_scale=1.0, xmodal_cfg=1.0), y=y,
+                           noise=noise)
+    plain = sample_latent(diffusion, always_conditioned(model, y), x.shape,
+                          Sampling(sampler="ddim", steps=4, eta=0.0, xmodal_cfg=1.0), noise=noise)
     assert torch.equal(guided, plain)                                 # scale 1 = the conditional model
 
 
@@ -262,7 +266,9 @@ def test_known_planes_are_replaced_exactly():
     gen = torch.Generator().manual_seed(4)
     known, other = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     video_known = torch.tensor([True, True, True, False, False, False])  # V2A: video planes given
-    sample = lambda k: sample_latent(diffusion, model, shape, steps=5, known=k, known_mask=video_known,
+    sample = lambda k: sample_latent(diffusion, model, shape,
+                                     Sampling(sampler="ddim", steps=5, eta=0.0, xmodal_cfg=1.0, conditioning="replace", guidance=0.0),
+                                     known=k, known_mask=video_known,
                                      generator=torch.Generator().manual_seed(5))
     out = sample(known)
     assert torch.equal(out[:, :, :3], known[:, :, :3])
@@ -294,8 +300,9 @@ def test_reconstruction_guidance_reaches_the_planes_replacement_cannot(sampler):
     gen = torch.Generator().manual_seed(6)
     known, noise = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     video_known = torch.tensor([True, True, True, False, False, False])
-    miss = lambda w: (sample_latent(diffusion, model, shape, sampler=sampler, steps=20, known=known,
-                                    known_mask=video_known, guidance=w, noise=noise)[:, :, 3:] - known[:, :, :3]).pow(2).mean().item()
+    miss = lambda w: (sample_latent(diffusion, model, shape,
+                                    Sampling(sampler=sampler, steps=20, eta=0.0, xmodal_cfg=1.0, conditioning="replace", guidance=w),
+                                    known=known, known_mask=video_known, noise=noise)[:, :, 3:] - known[:, :, :3]).pow(2).mean().item()
     # replacement alone: the audio ignores the given video, so it misses it by ~2 (two unit draws);
     # the gradient through the video's dependence on the audio pulls the audio onto it
     assert miss(0.0) > 1.0

@@ -14,12 +14,10 @@ import bench
 import evaluate
 import sample
 import train
-from data import BounceClick, load_clip, write_mp4
 from config import get_config
-
-# A toy model and data set: every stage runs in seconds on two CPU cores.
-TOY = ["--ae_channels", "32", "--dit_width", "64", "--dit_depth", "2", "--batch_size", "2",
-       "--train_clips", "8", "--eval_clips", "2", "--log_every", "1", "--preview_every", "0"]
+from conftest import TOY, TOY_STEPS
+from data import BounceClick, load_clip, write_mp4
+from diffusion import Diffusion, Sampling
 
 
 def weights(path, key="model"):
@@ -33,13 +31,10 @@ def audio_seconds(path) -> float:
     return len(raw) / 4 / 16000
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """AE and DiT, a few steps each, in one out_dir shared by the tests below."""
-    out = str(tmp_path_factory.mktemp("run"))
-    train.main(["--stage", "ae", "--max_steps", "3", "--out_dir", out] + TOY)
-    train.main(["--stage", "dit", "--max_steps", "3", "--out_dir", out] + TOY)
-    return out
+@pytest.fixture(scope="session")
+def trained(toy_run):
+    """AE and DiT, TOY_STEPS steps each, in one out_dir shared by the tests below: conftest's `toy_run`."""
+    return toy_run
 
 
 def test_end_to_end_writes_mp4_with_1_6_s_of_sound(trained):
@@ -135,7 +130,7 @@ def test_latent_cache_follows_the_autoencoder_not_the_denoiser(trained, tmp_path
     train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out, "--cross_plane", "position"] + TOY)
     assert caches() == first and len(first) == 1
     os.remove(os.path.join(out, "ae.pt"))
-    train.main(["--stage", "ae", "--max_steps", "3", "--out_dir", out, "--seed", "1"] + TOY)
+    train.main(["--stage", "ae", "--max_steps", str(TOY_STEPS), "--out_dir", out, "--seed", "1"] + TOY)
     train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out] + TOY)
     assert len(caches()) == 2
 
@@ -174,7 +169,7 @@ def test_resample_audio_keeps_the_joint_video_and_redraws_its_sound(trained):
     the audio is drawn again, given that video."""
     from pipeline import generate, load_models
     m = load_models(trained)
-    draw = lambda redo: generate(m, 2, sampler="dpm++", steps=4, eta=1.0, xmodal_cfg=2.0, resample_audio=redo,
+    draw = lambda redo: generate(m, 2, Sampling(sampler="dpm++", steps=4, eta=1.0, xmodal_cfg=2.0, resample_audio=redo),
                                  generator=torch.Generator().manual_seed(5))
     (video, wave), (video_again, wave_again) = draw(False), draw(True)
     assert (video - video_again).abs().max() < 1e-3                 # another video would differ by ~1
@@ -189,11 +184,16 @@ def test_every_script_answers_help(script, capsys):
     text = capsys.readouterr().out
     table = text[text.index("settings ("):].splitlines()            # below the script's docstring
     spelled = {"class_label": "class", "cfg_scale": "cfg"}
-    for name, (default, help_line) in script.SETTINGS.items():
+    shown = {**script.SETTINGS, **getattr(script, "SAMPLING", {})}  # sample.py and evaluate.py list Sampling's too
+    for name, setting in shown.items():
         line = next((ln for ln in table if ln.strip().startswith(f"--{spelled.get(name, name)} ")), None)
-        assert line is not None and help_line and help_line[:30] in line, name
+        assert line is not None and setting.help and setting.help[:30] in line, name
+        if setting.choices:                                # the allowed values, declared once, are listed
+            assert f"[{' | '.join(map(str, setting.choices))}]" in line, name
     if script is train:                                    # every Config field too, with its comment
-        assert "--mse_weight" in text and "--mix_clean" in text
+        assert "--mse_weight" in text and "--mix_clean" in text and "[linear | cosine]" in text
+    if script in (sample, evaluate):
+        assert "[dpm++ | ddim | ddpm]" in text and "--resample_audio" in text
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -228,8 +228,8 @@ def test_sample_bad_values_are_one_line(trained, argv, message):
 
 def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_path):
     """A config without the mixture fields is a denoiser trained at equal levels only: it loads,
-    and A2V / V2A fall back to replacement, the way it was trained for."""
-    from pipeline import conditioning_for, load_models
+    and samples as it was trained: no cross-modal guidance, no audio re-draw, A2V / V2A by replacement."""
+    from pipeline import load_models
     for stage in ("ae", "dit"):
         ck = torch.load(os.path.join(trained, f"{stage}.pt"), weights_only=True)
         for field in ("mix_equal", "mix_independent", "mix_clean"):
@@ -237,10 +237,31 @@ def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_p
         torch.save(ck, tmp_path / f"{stage}.pt")
     models = load_models(str(tmp_path))
     assert (models.cfg.mix_equal, models.cfg.mix_independent, models.cfg.mix_clean) == (1.0, 0.0, 0.0)
-    assert models.diffusion.mix == (1.0, 0.0, 0.0) and conditioning_for(models.cfg, "auto") == "replace"
-    assert conditioning_for(get_config("tiny"), "auto") == "native"
+    assert models.diffusion.mix == (1.0, 0.0, 0.0)
+    how = Sampling().for_model(models.diffusion)
+    assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("replace", 1.0, False)
+    how = Sampling().for_model(Diffusion.from_config(get_config("tiny")))
+    assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("native", 4.0, True)
     sample.main(["--out_dir", str(tmp_path), "--n", "1", "--steps", "3", "--mode", "v2a", "--cond", _clip(tmp_path)])
     assert os.path.exists(tmp_path / "samples" / "000.wav")
+
+
+def test_sampling_defaults_follow_the_checkpoint(trained, tmp_path):
+    """A denoiser trained at equal levels only samples by default exactly as with cross-modal
+    guidance and the audio re-draw switched off (the same seed writes the same files), and
+    switching guidance on changes them."""
+    out = str(tmp_path)
+    os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
+    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out, "--preview_every", "0",
+                "--mix_equal", "1", "--mix_independent", "0", "--mix_clean", "0"] + TOY)
+
+    def clips(*extra):
+        sample.main(["--out_dir", out, "--n", "2", "--steps", "3", *extra])
+        return [soundfile.read(os.path.join(out, "samples", f"00{i}.wav"))[0] for i in range(2)]
+
+    default, plain = clips(), clips("--xmodal_cfg", "1", "--resample_audio", "false")
+    assert all(np.array_equal(a, b) for a, b in zip(default, plain))
+    assert not any(np.array_equal(a, b) for a, b in zip(default, clips("--xmodal_cfg", "4")))
 
 
 def _clip(folder) -> str:

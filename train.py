@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,15 +33,17 @@ from tqdm import tqdm
 
 from audio import frames_to_wave, wave_to_frames
 from autoencoder import MDSA, psnr
-from config import DIT_FIELDS, PRESETS, Config, config_fields, get_config, need, parse_cli, settings_of
-from data import BounceClick, VideoFolder, save_grid, write_mp4
+from config import DIT_FIELDS, Config, Preset, config_fields, get_config, need, parse_cli, settings_of
+from data import HELDOUT_SEED_OFFSET, BounceClick, VideoFolder, save_grid, write_mp4
 from diffusion import Diffusion
 from model import STDiT, stack_planes
-from pipeline import Models, autocast, generate, load_checkpoint, load_weights, pick_device, save_checkpoint
+from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, load_checkpoint, load_weights,
+                      pick_device, save_checkpoint)
 
 # ----------------------------------------------------------------------------- settings
-stage = "ae"           # "ae": train MDSA (§3); "dit": train the STDiT on its latents (§4)
-preset = "tiny"        # a name in config.PRESETS: "tiny" (CPU default) or "paper"
+Stage = Literal["ae", "dit"]   # the two training stages, in order
+stage: Stage = "ae"    # "ae": train MDSA (§3); "dit": train the STDiT on its latents (§4)
+preset: Preset = "tiny"  # a name in config.PRESETS: "tiny" (CPU default) or "paper"
 data = ""              # "" = the embedded BounceClick; else a folder of .mp4/.mov/.mkv/.avi/.webm clips
 out_dir = "out"        # checkpoints, logs, previews and the latent cache
 resume = False         # continue out_dir/<stage>.pt exactly where it stopped
@@ -60,14 +63,14 @@ num_workers = 0        # DataLoader workers per process (0 suits 2 CPU cores; us
 seed = 0               # weights, batches, noise: one seed fixes the run (each rank adds its rank)
 device = "auto"        # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
 compile = False        # torch.compile the model being trained
-precision = "auto"     # "auto": bf16 autocast on GPUs and on CPUs with fast bf16 matmuls, else fp32
+precision: Precision = "auto"  # "auto": bf16 autocast on GPUs and on CPUs with fast bf16 matmuls, else fp32
 
 STAGE_DEFAULTS = {     # sized so that both stages + sampling fit 30 minutes on 2 CPU cores at tiny
-    "ae": dict(max_steps=1000, batch_size=8, lr=1e-3),     # enough for the discs' colours (README)
+    "ae": dict(max_steps=1000, batch_size=8, lr=1e-3),     # enough for the discs' colours (RESULTS.md)
     "dit": dict(max_steps=13000, batch_size=32, lr=5e-4),  # the denoiser is what limits samples: it gets the time
 }
 
-SETTINGS = settings_of(dict(globals()), __file__)
+SETTINGS = settings_of(globals(), __file__)
 config_overrides = {}  # Config fields given on the command line (set by main)
 
 
@@ -122,13 +125,13 @@ class AELoss(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- data
 def dataset(cfg: Config, split: str):
-    """BounceClick (train: seed, held-out: seed + 1000) or the folder's train / eval windows."""
+    """BounceClick (train: seed, held-out: seed + HELDOUT_SEED_OFFSET) or the folder's train / eval windows."""
     if data:
         try:
             return VideoFolder(data, cfg, split=split, cache_dir=os.path.join(out_dir, "cache"))
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"--data: {e}") from None
-    size, first_seed = (train_clips, seed) if split == "train" else (eval_clips, seed + 1000)
+    size, first_seed = (train_clips, seed) if split == "train" else (eval_clips, seed + HELDOUT_SEED_OFFSET)
     return BounceClick(cfg, size=size, seed=first_seed)  # disjoint procedural seeds
 
 
@@ -292,13 +295,13 @@ def due(step: int, every: int) -> bool:
 # ----------------------------------------------------------------------------- stage 1: MDSA (§3)
 def train_ae():
     path = os.path.join(out_dir, "ae.pt")
-    ckpt = load_checkpoint(path, "ae", "python train.py --stage ae") if resume else None
+    ckpt = load_checkpoint(path, "ae") if resume else None
     cfg = fitted_config(ckpt, path) if ckpt else config_for(config_overrides)
     model = MDSA(cfg).to(dev)
     opt = optimizer(model)
     step = 0
     if ckpt:
-        load_weights(model, ckpt["model"], path, "python train.py --stage ae")
+        load_weights(model, ckpt["model"], path, "ae")
         opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         restore_rng(ckpt)
@@ -366,13 +369,13 @@ def preview_ae(model, held_out, cfg, step):
 # ----------------------------------------------------------------------------- stage 2: STDiT (§4, §5)
 def train_dit():
     path, ae_path = os.path.join(out_dir, "dit.pt"), os.path.join(out_dir, "ae.pt")
-    ae_ck = load_checkpoint(ae_path, "ae", "python train.py --stage ae")
-    ckpt = load_checkpoint(path, "dit", "python train.py --stage dit") if resume else None
-    need(not ckpt or ckpt["ae_step"] == ae_ck["step"], f"{path} was trained on the AE at step "
-         f"{ckpt and ckpt['ae_step']}, but {ae_path} is at step {ae_ck['step']}: start the DiT afresh (drop --resume)")
+    ae_ck = load_checkpoint(ae_path, "ae")
+    ckpt = load_checkpoint(path, "dit") if resume else None
+    if ckpt:
+        check_dit_fits_ae(ckpt, ae_ck, path, ae_path)
     cfg = fitted_config(ckpt, path) if ckpt else fitted_config(ae_ck, ae_path, free=DIT_FIELDS)
     ae = MDSA(Config.from_dict(ae_ck["config"])).to(dev).eval()
-    load_weights(ae, ae_ck["model"], ae_path, "python train.py --stage ae")
+    load_weights(ae, ae_ck["model"], ae_path, "ae")
     latents, labels = cached_latents(ae, cfg, ae_path)
     # Unit-variance latents (§4): the noise schedule assumes signal of roughly unit scale.
     scale = float(ckpt["latent_scale"]) if ckpt else float(1.0 / latents.std())
@@ -383,8 +386,8 @@ def train_dit():
     opt = optimizer(model)
     step = 0
     if ckpt:
-        load_weights(model, ckpt["model"], path, "python train.py --stage dit")
-        load_weights(ema, ckpt["ema"], path, "python train.py --stage dit")
+        load_weights(model, ckpt["model"], path, "dit")
+        load_weights(ema, ckpt["ema"], path, "dit")
         opt.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         restore_rng(ckpt)
@@ -453,12 +456,13 @@ def cached_latents(ae: MDSA, cfg: Config, ae_file: str):
 
 
 def preview_dit(models: Models, step: int):
-    """A few EMA samples (DDIM-50, joint) as mp4 files with sound and a PNG grid."""
+    """A few EMA samples, joint, sampled as sample.py samples by default, as mp4 files with sound
+    and a PNG grid."""
     if not master:
         return
     n = 4
     with amp:
-        video, wave = generate(models, n, steps=50, generator=torch.Generator().manual_seed(0))
+        video, wave = generate(models, n, generator=torch.Generator().manual_seed(0))
     d = os.path.join(out_dir, "preview")
     os.makedirs(d, exist_ok=True)
     for i in range(2):
@@ -473,8 +477,6 @@ def main(argv):
     global config_overrides
     values, config_overrides = parse_cli(argv, SETTINGS, doc=__doc__, fields=config_fields())
     globals().update(values)
-    need(stage in STAGE_DEFAULTS, f"--stage must be one of {', '.join(STAGE_DEFAULTS)}, not {stage!r}")
-    need(preset in PRESETS, f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
     for k, v in STAGE_DEFAULTS[stage].items():  # 0 = the stage's default
         globals()[k] = globals()[k] or v
     for name in ("max_steps", "batch_size", "train_clips", "eval_clips", "log_every", "save_every"):
@@ -483,7 +485,6 @@ def main(argv):
         need(globals()[name] >= 0, f"--{name} must be ≥ 0, not {globals()[name]}")
     need(lr > 0 and grad_clip > 0, f"--lr and --grad_clip must be > 0, not {lr} and {grad_clip}")
     need(0 <= ema_decay < 1, f"--ema_decay must be in [0, 1), not {ema_decay}")
-    need(precision in ("auto", "bf16", "fp32"), f"--precision must be auto, bf16 or fp32, not {precision!r}")
     setup()
     try:
         train_ae() if stage == "ae" else train_dit()
