@@ -69,6 +69,8 @@ def _wall_times(p0, v, lo, hi, duration):
     return sorted(float((lo + m * span - p0) / v) for m in ms)
 
 
+DISC_RADIUS_FRAC = 0.1   # a disc's radius as a share of the frame side S: its centre bounces at r and S − r
+
 # The held-out clips of a run trained on BounceClick seed s are BounceClick seed s + HELDOUT_SEED_OFFSET:
 # item i is a pure function of (seed, i), so the two sets share no clip.
 HELDOUT_SEED_OFFSET = 1000
@@ -89,7 +91,7 @@ class BounceClick(torch.utils.data.Dataset):
             raise ValueError(f"BounceClick: num_classes={cfg.num_classes} but the palette has only "
                              f"{len(PALETTE)} colours")
         self.cfg, self.size, self.seed, self.num_discs = cfg, size, seed, num_discs
-        self.radius = cfg.image_size / 10.0                                     # pixels
+        self.radius = DISC_RADIUS_FRAC * cfg.image_size                        # pixels
         # the centre stays in [r, S − r]: the disc touches the wall at the impact instant
         self.lo, self.hi = self.radius, cfg.image_size - self.radius
         self.duration = cfg.frames / cfg.fps                                    # 1.6 s of audio

@@ -321,7 +321,8 @@ SYNC_COLUMNS = (SyncColumn("F1", "F1", "f1", 3), SyncColumn("precision", "prec",
                 SyncColumn("recall", "recall", "recall", 3),
                 SyncColumn("median |offset| ms", "|off| ms", "median_abs_offset_ms", 1),
                 SyncColumn("pitch agreement", "pitch", "pitch_agreement", 3),
-                SyncColumn("one-disc frames", "1 disc", "disc_detection_rate", 3))
+                SyncColumn("one-disc frames", "1 disc", "disc_detection_rate", 3),
+                SyncColumn("physical motion (clips)", "motion", "physical_motion", 3))
 SYNC_ROWS = dict(real="real pairs (ceiling)", shuffled="shuffled real pairs (chance)",
                  reconstruction="reconstructions", projection_only="real video + projected audio",
                  generated="generated", generated_shuffled="generated, shuffled (chance)")

@@ -5,6 +5,8 @@ All [ours]. BounceClick's ground truth is exact, so sync can be measured with ha
 detectors that work on DECODED frames and waveforms; the same functions score real clips
 (calibration) and generated ones:
   disc_track      video -> the disc's centroid per frame, and whether exactly one disc was seen
+  moves_physically  centroid track -> whether the disc moves as the physics allows: constant
+                  velocity between elastic reflections at the walls
   video_impacts   centroid track -> wall impacts: a velocity reversal per axis, the impact time
                   where the lines through frames k-2..k-1 and k+1..k+2 cross (frame k excluded)
   audio_onsets    waveform -> onsets: a 2 ms RMS envelope crossing a threshold, 50 ms refractory;
@@ -142,6 +144,42 @@ def video_impacts(video, fps):
     return impacts_from_track(centroids, fps, MIN_SPEED_FRAC * video_to_thwc(video).shape[1])
 
 
+MOTION_TOL_FRAC = 1 / 16   # physical motion: the unfolded track within S/16 of a line (2 px at S = 32)
+
+
+def unfolded(c, lo, hi):
+    """One axis of a centroid track (T, no NaN) with its wall reflections undone: BounceClick's
+    disc moves at constant velocity and reflects elastically at lo and hi, so the unfolded
+    position is a straight line in time. Greedy: from frame 2 on, frame k keeps the current
+    mapping or is mirrored about a wall, whichever lands nearer the line through the two
+    frames before (no impact falls within two frames of either end)."""
+    u, sign, offset = [c[0], c[1]], 1.0, 0.0                     # u = sign·c + offset
+    for k in range(2, len(c)):
+        guess = 2 * u[-1] - u[-2]
+        options = [(sign, offset)] + [(-sign, offset + 2 * sign * wall) for wall in (lo, hi)]
+        sign, offset = min(options, key=lambda m: abs(m[0] * c[k] + m[1] - guess))
+        u.append(sign * c[k] + offset)
+    return np.asarray(u)
+
+
+def moves_physically(centroids, found, size) -> bool:
+    """Whether a clip's disc moves as BounceClick's physics allows [ours]: one disc in every frame,
+    and on each axis the unfolded track (`unfolded`, walls at r and S − r) within
+    MOTION_TOL_FRAC·S of its least-squares line. A disc that jumps, stalls or turns away from a
+    wall fails, whether or not its hits stay in sync with the sound."""
+    if not found.all():
+        return False
+    from data import DISC_RADIUS_FRAC                # imported late: the detectors need no dataset
+    lo, hi = DISC_RADIUS_FRAC * size, (1 - DISC_RADIUS_FRAC) * size
+    frames = np.arange(len(centroids), dtype=np.float64)
+    for axis in range(2):
+        u = unfolded(centroids[:, axis], lo, hi)
+        line = np.polyval(np.polyfit(frames, u, 1), frames)
+        if np.abs(u - line).max() > MOTION_TOL_FRAC * size:
+            return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Audio: onsets and their pitch
 # ---------------------------------------------------------------------------------------------
@@ -233,15 +271,19 @@ def sync_metrics(pairs, fps, sr, tol=None, wall_pitch=None) -> dict:
       f1, offsets of matched events audio − video in ms (median |.|, mean |.|, signed median),
       pitch_agreement  matched onsets whose pitch is nearer WALL_PITCH[axis] of their impact than
                        any other wall's pitch,
-      disc_detection_rate  frames with exactly one disc / frames.
+      disc_detection_rate  frames with exactly one disc / frames,
+      physical_motion      clips whose disc moves as BounceClick's physics allows / clips
+                           (`moves_physically`).
     tol defaults to one video frame, 1/fps. A ratio with a zero denominator is None, not 0."""
     tol = 1.0 / fps if tol is None else tol
     wall_pitch = _wall_pitch(wall_pitch)
-    n_video = n_audio = n_frames = n_found = n_clips = 0
+    n_video = n_audio = n_frames = n_found = n_clips = n_physical = 0
     offsets, agree = [], []
     for video, wave in pairs:
         centroids, found = disc_track(video)
-        v_events = impacts_from_track(centroids, fps, MIN_SPEED_FRAC * video_to_thwc(video).shape[1])
+        size = video_to_thwc(video).shape[1]
+        n_physical += moves_physically(centroids, found, size)
+        v_events = impacts_from_track(centroids, fps, MIN_SPEED_FRAC * size)
         a_events = audio_onsets(wave, sr)
         matched = match_events(v_events, a_events, tol)
         n_clips, n_video, n_audio = n_clips + 1, n_video + len(v_events), n_audio + len(a_events)
@@ -259,7 +301,7 @@ def sync_metrics(pairs, fps, sr, tol=None, wall_pitch=None) -> dict:
                 mean_abs_offset_ms=float(off.mean()) if offsets else None,
                 median_offset_ms=float(np.median(offsets)) if offsets else None,
                 pitch_agreement=ratio(sum(agree), len(agree)),
-                disc_detection_rate=ratio(n_found, n_frames),
+                disc_detection_rate=ratio(n_found, n_frames), physical_motion=ratio(n_physical, n_clips),
                 tol_ms=1000.0 * tol, n_clips=n_clips, n_video_events=n_video,
                 n_audio_events=n_audio, n_matched=len(offsets))
 

@@ -225,8 +225,8 @@ def test_sync_rows_and_text():
     """Ceiling and chance first, then part by part; a part without sync carries its reason in
     sync_rows and is left out of sync_text, whose columns line up."""
     m = lambda f1, n_audio: dict(f1=f1, precision=0.5, recall=1.0, median_abs_offset_ms=None, pitch_agreement=1.0,
-                                 disc_detection_rate=float("nan"), n_video_events=4, n_audio_events=n_audio,
-                                 n_matched=2)
+                                 disc_detection_rate=float("nan"), physical_motion=0.75, n_video_events=4,
+                                 n_audio_events=n_audio, n_matched=2)
     ref = dict(real=m(1.0, 4), shuffled=m(0.25, 4))
     results = {"protocol": dict(sync_tolerance_ms=100.0),
                "ae": dict(reason=None, sync=None, sync_reason="a folder of clips"),
@@ -243,9 +243,9 @@ def test_sync_rows_and_text():
     assert [c[0][0] for c in cells] == ["sync (tolerance 100 ms)", "real pairs (ceiling)",
                                         "shuffled real pairs (chance)", "gen: generated",
                                         "gen: generated, shuffled (chance)"]
-    assert [c[0] for c in cells[3][1:]] == ["0.500", "0.500", "1.000", "—", "1.000", "—", "4/3"]
+    assert [c[0] for c in cells[3][1:]] == ["0.500", "0.500", "1.000", "—", "1.000", "—", "0.750", "4/3"]
     assert cells[4][-1][0] == "4/12" and cells[0][-1][0] == "events v/a"
-    widths = [max(len(c[j][0]) for c in cells) for j in range(8)]     # each column: its widest cell + 2
+    widths = [max(len(c[j][0]) for c in cells) for j in range(9)]     # each column: its widest cell + 2
     right_edges = list(np.cumsum([2 + widths[0]] + [w + 2 for w in widths[1:]]))
     for line, c in zip(lines, cells):               # the label left-aligned, the rest right-aligned
         assert c[0][1] == 2 and [end for _, _, end in c[1:]] == right_edges[1:], line
