@@ -31,7 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoencoder import MDSA
 from audio import frames_to_wave
 from config import PRESETS, get_config, need, parse_cli, settings_of
-from diffusion import DEFAULT_STEPS, SAMPLERS, Diffusion, Sampling, sample_latent
+import diffusion
+from sampling import DEFAULT_STEPS, SAMPLERS, Sampling, denoiser_forwards, sample_latent
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
 from pipeline import Precision, autocast, pick_device, use_bf16
 
@@ -92,25 +93,31 @@ FEW_STEPS = 20
 
 
 def sampler_table(presets) -> str:
-    """TFLOPs per clip (denoiser calls + one decode) of each sampler at its default step count, of
-    DPM-Solver++ at FEW_STEPS, with cross-modal guidance, and with a joint clip's audio re-drawn
-    given its video (`--resample_audio`: a guided V2A run after the joint one), beside
+    """Denoiser forwards and TFLOPs per clip (the forwards + one decode): first exactly what
+    `sample.py` does with no arguments for a model trained at the preset's defaults (joint, then
+    A2V / V2A), then each sampler at its default step count and DPM-Solver++ at FEW_STEPS, in one
+    unguided run, with cross-modal guidance, and with the joint clip's audio re-drawn; beside
     MM-Diffusion's at `paper`."""
     rows = []
     for p in presets:
-        r = count(get_config(p))
-        runs = [(f"{s}-{DEFAULT_STEPS[s]}", DEFAULT_STEPS[s]) for s in SAMPLERS] + [(f"dpm++-{FEW_STEPS}", FEW_STEPS)]
-        for k in (FEW_STEPS, DEFAULT_STEPS["dpm++"]):     # guidance batches 2 copies (A2V/V2A) or 3 (joint)
-            runs += [(f"dpm++-{k}, A2V/V2A with cross-modal guidance", 2 * k),
-                     (f"dpm++-{k}, joint with cross-modal guidance", 3 * k),
-                     (f"dpm++-{k}, the same, then the audio re-drawn (--resample_audio)", 5 * k)]  # + a V2A run
-        for label, forwards in runs:
+        cfg = get_config(p)
+        r, process = count(cfg), diffusion.from_config(cfg)
+        runs = [("default joint clip", Sampling(), "joint"), ("default a2v/v2a clip", Sampling(), "v2a")]
+        for s, k in [(s, DEFAULT_STEPS[s]) for s in SAMPLERS[process.objective]] + [("dpm++", FEW_STEPS)]:
+            runs += [(f"{s}-{k}, one unguided run", Sampling(s, k, xmodal_cfg=1.0, resample_audio=False), "joint"),
+                     (f"{s}-{k}, A2V/V2A with cross-modal guidance", Sampling(s, k, xmodal_cfg=4.0), "v2a"),
+                     (f"{s}-{k}, joint with cross-modal guidance", Sampling(s, k, xmodal_cfg=4.0, resample_audio=False),
+                      "joint"),
+                     (f"{s}-{k}, the same, then the audio re-drawn", Sampling(s, k, xmodal_cfg=4.0, resample_audio=True),
+                      "joint")]
+        for label, how, mode in runs:
+            forwards = denoiser_forwards(how.for_model(process), mode)
             tflops = (forwards * r["dit"] + r["ae_decode"]) / 1e12
             ratio = f"{MM_DIFFUSION_TFLOPS / tflops:.1f}×" if p == "paper" else ""
             rows.append((p, label, forwards, f"{tflops:.3f}", ratio))
     rows.append(("MM-Diffusion (64² base, DPM-Solver-20 + SR DDIM-25)", "", 45, f"{MM_DIFFUSION_TFLOPS:.1f}", "1.0×"))
-    return ("\nTFLOPs per clip by sampler and step count (cross-modal guidance batches 2 copies for\n"
-            "A2V/V2A, 3 for joint sampling):\n\n"
+    return ("\nDenoiser forwards and TFLOPs per clip (sampling.denoiser_forwards: guidance batches 2 copies\n"
+            "for A2V/V2A, 3 for joint sampling; the re-drawn audio is a V2A run after the joint one):\n\n"
             + table(["preset", "sampler", "denoiser forwards", "TFLOPs per clip (+ decode)",
                      "MM-Diffusion ÷ this (paper)"], rows))
 
@@ -179,16 +186,16 @@ def timed_steps(cfg, dev, peak) -> list:
     measure("AE train step", ae, lambda: ae_loss(video, audio)["loss"], ab)
     ae.eval()
 
-    dit, diffusion = STDiT(cfg).to(dev).train(), Diffusion.from_config(cfg)
+    dit, process = STDiT(cfg).to(dev).train(), diffusion.from_config(cfg)
     fwd = torch.compile(dit) if compile else dit
     z = torch.randn(db, *latent_shape(cfg), device=dev)
-    measure("DiT train step", dit, lambda: diffusion.loss(fwd, z), db)
+    measure("DiT train step", dit, lambda: process.loss(fwd, z), db)
     dit.eval()
 
     @torch.no_grad()
     def sample(n, sampler, steps):
         with amp:
-            x = sample_latent(diffusion, fwd, (n, *latent_shape(cfg)), Sampling(sampler, steps, xmodal_cfg=1.0))
+            x = sample_latent(process, fwd, (n, *latent_shape(cfg)), Sampling(sampler, steps, xmodal_cfg=1.0))
             v, au = ae.decode(unstack_planes(x))
         return v, frames_to_wave(au.float().clamp(-1, 1).cpu(), cfg)
 
@@ -209,7 +216,7 @@ def gpu_sampling_checks(cfg, dev, repeats) -> str:
     sampling forward alone compiled: compile time and speed-up of one DPM-Solver++ clip."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.manual_seed(0)
-    dit, diffusion = STDiT(cfg).to(dev).eval(), Diffusion.from_config(cfg)
+    dit, process = STDiT(cfg).to(dev).eval(), diffusion.from_config(cfg)
     for p in dit.parameters():                       # a trained-looking net: adaLN-Zero starts as the identity
         p.add_(0.02 * torch.randn_like(p))
     shape, amp = (1, *latent_shape(cfg)), autocast(dev, "bf16")
@@ -225,7 +232,7 @@ def gpu_sampling_checks(cfg, dev, repeats) -> str:
 
     def one_clip(model, sampler, steps):
         with amp:
-            return sample_latent(diffusion, model, shape, Sampling(sampler, steps, xmodal_cfg=1.0))
+            return sample_latent(process, model, shape, Sampling(sampler, steps, xmodal_cfg=1.0))
 
     rows = [("flash attention forced (SDPBackend.FLASH_ATTENTION)", flash)]
     for sampler, steps in (("ddim", DEFAULT_STEPS["ddim"]), ("dpm++", FEW_STEPS)):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, NamedTuple, get_args, get_origin
 
 # The allowed values of the Config fields that take a name (each listed once, here).
+Objective = Literal["ddpm", "flow"]
 Schedule = Literal["linear", "cosine"]
 Prediction = Literal["v", "eps"]
 CrossPlane = Literal["row", "position"]
@@ -62,9 +63,12 @@ class Config:
                                 # mel band and a wall contact share a row, not a column) or per "position"
     class_dropout: float = 0.1  # label dropout that trains the unconditional branch for CFG
     # ---- diffusion (§5) ----
-    diffusion_steps: int = 1000  # num_timesteps of the forward process                       [ours]
-    schedule: Schedule = "linear"  # "linear" (1e-4 → 0.02) or "cosine"
-    prediction: Prediction = "v"  # what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
+    objective: Objective = "ddpm"  # "ddpm" (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, ε or v target) or "flow" (rectified
+                                   # flow: x_t = (1 − t)·x0 + t·ε, velocity target)              [ours]
+    flow_shift: float = 1.0     # flow: warp of the level density and grid, t ↦ s·t/(1 + (s−1)·t)
+    diffusion_steps: int = 1000  # ddpm: num_timesteps of the forward process                  [ours]
+    schedule: Schedule = "linear"  # ddpm: "linear" (1e-4 → 0.02) or "cosine"
+    prediction: Prediction = "v"  # ddpm: what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
                                 # a clip's layout (when the disc hits, when it clicks) is decided
     mix_equal: float = 0.3      # training share of t_v = t_a: the joint generation that sampling starts from
     mix_independent: float = 0.35  # share of independent t_v, t_a: each modality learns to read a
@@ -120,9 +124,11 @@ class Config:
              f"STDiT width {self.dit_width} is not divisible by {self.dit_heads} heads")
         need(self.ae_channels % self.ae_heads == 0,
              f"MDSA width C={self.ae_channels} is not divisible by {self.ae_heads} heads")
-        for name, allowed in (("schedule", Schedule), ("cross_plane", CrossPlane), ("prediction", Prediction)):
+        for name, allowed in (("objective", Objective), ("schedule", Schedule), ("cross_plane", CrossPlane),
+                              ("prediction", Prediction)):
             need(getattr(self, name) in get_args(allowed),
                  f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(get_args(allowed))}")
+        need(self.flow_shift > 0, f"flow_shift must be > 0, got {self.flow_shift}")
         mix = (self.mix_equal, self.mix_independent, self.mix_clean)
         need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
         return self
@@ -150,8 +156,8 @@ class Config:
 # Fields that only the denoiser and the diffusion process read: the DiT stage may change these on top
 # of the autoencoder's config, and a DiT checkpoint matches its AE on every other field.
 DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
-              "class_dropout", "diffusion_steps", "schedule", "prediction", "mix_equal", "mix_independent",
-              "mix_clean")
+              "class_dropout", "objective", "flow_shift", "diffusion_steps", "schedule", "prediction",
+              "mix_equal", "mix_independent", "mix_clean")
 
 Preset = Literal["tiny", "paper"]   # the names of PRESETS, for the scripts' --preset
 PRESETS = {

@@ -20,7 +20,7 @@ when there is none, never 0. The file, top to bottom:
    A part that cannot run raises `NotRun`, and its entry is {"value": null, "reason": ...}.
 2. main and the printed summary.
 Every part prints one progress line (the part, clips done of n); the sampling choices are
-diffusion.Sampling's, those left "auto" decided by the denoiser's training mixture.
+sampling.Sampling's, those left "auto" decided by the denoiser's training mixture.
 """
 import json
 import os
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import diffusion
+import sampling
 from audio import frames_to_wave, log_spectral_distance
 from autoencoder import MDSA, psnr_of_mse
 from config import Config, Preset, fields_of, get_config, need, parse_cli, settings_of
 from data import HELDOUT_SEED_OFFSET, VIDEO_EXTENSIONS, BounceClick, VideoFolder, load_clip
-from diffusion import Sampling
+from sampling import Sampling
 from metrics import FLAGS, distribution_metrics, file_sha256, load_networks
 from model import VIDEO_PLANES, stack_planes
 from pipeline import Precision, autocast, generate, load_checkpoint, load_models, load_weights, pick_device
@@ -67,9 +67,9 @@ precision: Precision = "auto"  # "auto": bf16 on GPUs and on CPUs with fast bf16
                                # compare figures across kinds of machine
 
 SETTINGS = settings_of(globals(), __file__)
-SAMPLING = fields_of(Sampling, diffusion.__file__)   # --sampler, --steps, ... with their defaults
+SAMPLING = fields_of(Sampling, sampling.__file__)   # --sampler, --steps, ... with their defaults
 PARTS = ("ae", "gen", "a2v", "v2a", "xmodal", "fvd")   # in this order: fvd reuses gen's clips
-XMODAL_T = (0.1, 0.3, 0.5, 0.7)   # the xmodal part's noise levels, as fractions of num_timesteps
+XMODAL_T = (0.1, 0.3, 0.5, 0.7)   # the xmodal part's noise levels, as fractions of the way to pure noise
 PAPER_FVD_N = 2048
 NO_SYNC = "sync needs BounceClick's known events, and the held-out clips are a folder (see fvd)"
 
@@ -295,7 +295,8 @@ def eval_gen(ctx) -> dict:
     ctx.shown["joint"] = pairs[:report_clips]
     sync = beside(ctx, generated=pairs, generated_shuffled=shuffled(pairs))
     return dict(reason=None, n_clips=len(pairs), source=samples or "sampled from " + out_dir,
-                sync=sync, one_disc_frames={k: v["disc_detection_rate"] for k, v in sync.items()})
+                sync=sync, one_disc_frames={k: v["disc_detection_rate"] for k, v in sync.items()},
+                physical_motion={k: v["physical_motion"] for k, v in sync.items()})
 
 
 def eval_conditional(ctx, mode) -> dict:
@@ -332,7 +333,7 @@ def eval_xmodal(ctx) -> dict:
     gen = torch.Generator().manual_seed(seed)
     keys = [f"{who}_{pairing}" for who in ("audio", "video") for pairing in ("matched", "shuffled")]
     mse, clean_mse = {k: [] for k in keys}, {k: [] for k in keys}
-    steps = [int(f * m.diffusion.num_timesteps) for f in XMODAL_T]
+    steps = [m.diffusion.level_at(f) for f in XMODAL_T]
     bar = progress("xmodal", len(steps) * len(z))
     for step in steps:
         t = torch.full((len(z),), step, device=ctx.device)
@@ -344,10 +345,10 @@ def eval_xmodal(ctx) -> dict:
             for pairing, other in (("matched", z), ("shuffled", z.roll(1, 0))):
                 both = torch.where(own, z, other)
                 x_t = m.diffusion.q_sample(both, t, noise)
-                mse[f"{who}_{pairing}"].append(eps_error(ctx, x_t, t, noise, own))
+                mse[f"{who}_{pairing}"].append(eps_error(ctx, x_t, t, noise, own, step))
                 if m.cfg.mix_clean > 0:
                     clean_mse[f"{who}_{pairing}"].append(eps_error(ctx, torch.where(own, x_t, both), given_clean,
-                                                                   noise, own))
+                                                                   noise, own, step))
         bar.update(len(z))
     bar.close()
     ratio = lambda e: {who: [a / b for a, b in zip(e[f"{who}_matched"], e[f"{who}_shuffled"])]
@@ -369,12 +370,15 @@ def held_out_latents(ctx) -> torch.Tensor:
     return torch.cat(z)
 
 
-def eps_error(ctx, x, t, noise, own) -> float:
-    """MSE of the denoiser's ε̂ against the true noise on the `own` planes; x `n×c×P×L×L`, t `n` or `n×2`."""
+def eps_error(ctx, x, t, noise, own, level) -> float:
+    """MSE of the denoiser's ε̂ against the true noise on the `own` planes, which are at `level`;
+    x `n×c×P×L×L`, t `n` or `n×2`. ε̂ is read from the prediction as the samplers read it
+    (`x0_eps`), so DDPM and flow models are measured in the same units."""
     m = models(ctx)
     with autocast(ctx.device, precision):
-        eps = torch.cat([m.diffusion.predict_eps(m.dit, x[i:i + batch_size], t[i:i + batch_size]).float()
-                         for i in range(0, len(x), batch_size)])
+        pred = torch.cat([m.diffusion.predict(m.dit, x[i:i + batch_size], t[i:i + batch_size]).float()
+                          for i in range(0, len(x), batch_size)])
+    eps = m.diffusion.x0_eps(x, pred, level)[1]
     return (eps - noise).masked_select(own.expand_as(eps)).pow(2).mean().item()
 
 
@@ -426,7 +430,7 @@ RUN = {"ae": eval_ae, "gen": eval_gen, "a2v": lambda ctx: eval_conditional(ctx, 
 def main(argv=None):
     values, chosen = parse_cli(sys.argv[1:] if argv is None else argv, SETTINGS, doc=__doc__, fields=SAMPLING,
                                aliases={"cfg": "cfg_scale"},
-                               fields_title="sampling (diffusion.Sampling; auto = as the denoiser was trained):")
+                               fields_title="sampling (sampling.Sampling; auto = as the denoiser was trained):")
     globals().update(values)
     parts = [p.strip() for p in what.split(",") if p.strip()] or list(PARTS)
     need(not set(parts) - set(PARTS),

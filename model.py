@@ -120,7 +120,8 @@ class PatchEmbed(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Integer timesteps `B` → `B×D`: a sinusoid of t (as in DDPM/Transformer) then a 2-layer MLP."""
+    """Timesteps `B` (DDPM's integers, or flow's 1000·t) → `B×D`: a sinusoid of t (as in
+    DDPM/Transformer) then a 2-layer MLP."""
 
     def __init__(self, width, freq_dim=256):
         super().__init__()
@@ -268,9 +269,9 @@ class STDiT(nn.Module):
 
     STDiT(cfg, num_frames=6):
       forward(x: B×c×P×L×L float, t, y: B long or None) → ε̂ or v̂: B×c×P×L×L
-        t: `B` long in [0, cfg.diffusion_steps), one noise level for every plane, or
-           `B×2` long, column 0 = t_v for the video planes, column 1 = t_a for the audio planes
-           (the six-plane model only).
+        t: `B`, one noise level for every plane, or `B×2`, column 0 = t_v for the video planes,
+           column 1 = t_a for the audio planes (the six-plane model only); DDPM's integer
+           indices in [0, cfg.diffusion_steps), or flow's 1000·t as floats (diffusion.py).
     P = num_frames latent frames (6 planes, or 2·T' for the unprojected baseline), c =
     cfg.latent_channels, L = cfg.latent_size, patch p = cfg.patch.
 
@@ -355,7 +356,7 @@ class STDiT(nn.Module):
         label = None
         if self.y_embed is not None:
             if y is None:                                             # unconditional branch on request
-                y = torch.full(t.shape[:1], self.null_label, dtype=t.dtype, device=t.device)
+                y = torch.full(t.shape[:1], self.null_label, dtype=torch.long, device=t.device)
             label = self.y_embed(y)                                   # B×D, shared by both modalities
         if per_modality:
             # each group's conditioning on a B×D input exactly as in the one-level case

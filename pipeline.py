@@ -24,7 +24,8 @@ import torch
 from autoencoder import MDSA
 from audio import frames_to_wave, wave_to_frames
 from config import DIT_FIELDS, Config
-from diffusion import Diffusion, Sampling, sample_latent
+import diffusion
+from sampling import Sampling, sample_latent
 from model import VIDEO_PLANES, STDiT, stack_planes, unstack_planes
 
 # ----------------------------------------------------------------------------- device and precision
@@ -139,7 +140,7 @@ class Models:
     cfg: Config            # the DiT's config (the AE's, plus denoiser fields)
     ae: MDSA
     dit: STDiT             # EMA weights: what sampling should use (DiT §4 practice)
-    diffusion: Diffusion
+    diffusion: diffusion.NoiseProcess  # DDPM (diffusion.Diffusion) or rectified flow (diffusion.Flow)
     latent_scale: float    # z_model = latent_scale · z_MDSA has unit variance
 
 
@@ -152,7 +153,7 @@ def load_models(out_dir: str = "out", device="cpu") -> Models:
     ae, dit = MDSA(Config.from_dict(ae_ck["config"])), STDiT(cfg)
     load_weights(ae, ae_ck["model"], ae_path, "ae")
     load_weights(dit, dit_ck["ema"], dit_path, "dit")
-    return Models(cfg, ae.to(device).eval(), dit.to(device).eval(), Diffusion.from_config(cfg),
+    return Models(cfg, ae.to(device).eval(), dit.to(device).eval(), diffusion.from_config(cfg),
                   float(dit_ck["latent_scale"]))
 
 
@@ -165,7 +166,7 @@ def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joi
              cond_wave=None, label=None, generator=None, progress: bool = False):
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
-    how        the sampling choices (diffusion.Sampling: sampler, steps, guidance scales, ...); the
+    how        the sampling choices (sampling.Sampling: sampler, steps, guidance scales, ...); the
                ones left None follow what this denoiser was trained for (Sampling.for_model).
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.

@@ -12,7 +12,7 @@ Sample sounding videos from trained checkpoints (PAPER.md §5).
 
 Writes out/samples/NNN.mp4 (H.264 + AAC), NNN.wav (16-bit) and grid.png (frames over mel frames).
 The models are rebuilt from the configs inside out/ae.pt and out/dit.pt (the DiT's EMA weights).
-The sampling settings and their defaults are diffusion.Sampling's; "auto" ones follow what the
+The sampling settings and their defaults are sampling.Sampling's; "auto" ones follow what the
 denoiser was trained for. `python sample.py --help` lists every setting.
 """
 import os
@@ -21,11 +21,11 @@ import sys
 import torch
 from tqdm import tqdm
 
-import diffusion
+import sampling
 from audio import wave_to_frames
 from config import fields_of, need, parse_cli, settings_of
 from data import load_clip, save_grid, write_mp4, write_wav
-from diffusion import Sampling
+from sampling import Sampling
 from pipeline import Mode, Precision, autocast, generate, load_models, pick_device
 
 # ----------------------------------------------------------------------------- settings
@@ -41,13 +41,13 @@ precision: Precision = "auto"  # "auto": bf16 on GPUs and on CPUs with fast bf16
                                # reproduce a sample on another kind of machine
 
 SETTINGS = settings_of(globals(), __file__)
-SAMPLING = fields_of(Sampling, diffusion.__file__)   # --sampler, --steps, ... with their defaults
+SAMPLING = fields_of(Sampling, sampling.__file__)   # --sampler, --steps, ... with their defaults
 ALIASES = {"class": "class_label", "cfg": "cfg_scale"}
 
 
 def main(argv):
     values, chosen = parse_cli(argv, SETTINGS, doc=__doc__, fields=SAMPLING, aliases=ALIASES,
-                               fields_title="sampling (diffusion.Sampling; auto = as the denoiser was trained):")
+                               fields_title="sampling (sampling.Sampling; auto = as the denoiser was trained):")
     globals().update(values)
     need(n >= 1, f"--n must be at least 1, not {n}")
     need(batch_size >= 1, f"--batch_size must be at least 1, not {batch_size}")

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from config import PRESETS, get_config
-from diffusion import Diffusion, Sampling, respaced_timesteps, sample_latent
+import diffusion as processes
+from diffusion import Diffusion, respaced_timesteps
+from sampling import Sampling, sample_latent
 from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
 
 
@@ -182,7 +184,7 @@ def test_q_sample_ends():
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_v_prediction_targets_and_conversion(schedule):
-    # An oracle that knows x0 and ε: its v̂ gives zero v-loss, and predict_eps turns it into ε exactly
+    # An oracle that knows x0 and ε: its v̂ gives zero v-loss, and predict turns it into ε exactly
     # (ε = √(1−ᾱ)·x_t + √ᾱ·v), so every sampler is shared with ε-prediction.
     diffusion = Diffusion(1000, schedule, prediction="v")
     x0, noise = torch.randn(4, 4, 6, 8, 8, dtype=torch.float64), torch.randn(4, 4, 6, 8, 8, dtype=torch.float64)
@@ -195,7 +197,7 @@ def test_v_prediction_targets_and_conversion(schedule):
 
     assert diffusion.loss(oracle, x0, t=t, noise=noise).item() < 1e-20
     x_t = diffusion.q_sample(x0, t, noise)
-    torch.testing.assert_close(diffusion.predict_eps(oracle, x_t, t), noise, atol=1e-9, rtol=0)
+    torch.testing.assert_close(diffusion.predict(oracle, x_t, t), noise, atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match="prediction"):
         Diffusion(1000, schedule, prediction="x0")
 
@@ -209,7 +211,7 @@ def test_respaced_grid():
 
 def test_ddim_eta0_is_deterministic_and_ddpm_runs():
     cfg = get_config("tiny", **SMALL)
-    model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
+    model, diffusion = randomized(STDiT(cfg)), processes.from_config(cfg)
     shape = (2, *latent_shape(cfg))
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     run = lambda seed, eta: sample_latent(diffusion, model, shape,
@@ -229,14 +231,14 @@ def test_ddim_eta0_is_deterministic_and_ddpm_runs():
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_classifier_free_guidance(prediction):
     cfg = get_config("tiny", num_classes=3, prediction=prediction, **SMALL)
-    model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
+    model, diffusion = randomized(STDiT(cfg)), processes.from_config(cfg)
     x, t, y = torch.randn(2, *latent_shape(cfg)), torch.tensor([50, 700]), torch.tensor([0, 2])
-    as_eps = lambda out: diffusion.predict_eps(lambda *_: out, x, t)  # noqa: E731 (v̂ → ε̂; ε̂ stays)
+    as_eps = lambda out: diffusion.predict(lambda *_: out, x, t)  # noqa: E731 (v̂ → ε̂; ε̂ stays)
     eps_c, eps_u = as_eps(model(x, t, y)), as_eps(model(x, t, torch.full_like(y, model.null_label)))
-    assert torch.equal(diffusion.predict_eps(model, x, t, y, cfg_scale=1.0), eps_c)
-    torch.testing.assert_close(diffusion.predict_eps(model, x, t, y, cfg_scale=4.0),
+    assert torch.equal(diffusion.predict(model, x, t, y, cfg_scale=1.0), eps_c)
+    torch.testing.assert_close(diffusion.predict(model, x, t, y, cfg_scale=4.0),
                                eps_u + 4.0 * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(diffusion.predict_eps(model, x, t, y, cfg_scale=0.0), eps_u,
+    torch.testing.assert_close(diffusion.predict(model, x, t, y, cfg_scale=0.0), eps_u,
                                rtol=1e-4, atol=1e-5)
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     guided = sample_latent(diffusion, model, x.shape,
@@ -261,7 +263,7 @@ def always_conditioned(model, y):
 
 def test_known_planes_are_replaced_exactly():
     cfg = get_config("tiny", **SMALL)
-    model, diffusion = randomized(STDiT(cfg)), Diffusion.from_config(cfg)
+    model, diffusion = randomized(STDiT(cfg)), processes.from_config(cfg)
     shape = (2, *latent_shape(cfg))
     gen = torch.Generator().manual_seed(4)
     known, other = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
@@ -287,7 +289,7 @@ class VideoFollowsAudio(torch.nn.Module):
         self.diffusion, self.dummy = diffusion, torch.nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t, y=None):
-        ab = self.diffusion._at(self.diffusion.alphas_cumprod, t, x)
+        ab = self.diffusion._shaped(self.diffusion.alphas_cumprod.to(t.device)[t], x)
         x0 = torch.cat([x[:, :, 3:], x[:, :, 3:]], dim=2) * ab.sqrt()
         return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
 
@@ -312,7 +314,7 @@ def test_reconstruction_guidance_reaches_the_planes_replacement_cannot(sampler):
 def test_tiny_stdit_overfits_one_batch():
     torch.manual_seed(0)
     cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4)
-    model, diffusion = STDiT(cfg), Diffusion.from_config(cfg)
+    model, diffusion = STDiT(cfg), processes.from_config(cfg)
     gen = torch.Generator().manual_seed(6)
     x0 = torch.randn(2, *latent_shape(cfg), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)

@@ -17,7 +17,8 @@ import train
 from config import get_config
 from conftest import TOY, TOY_STEPS
 from data import BounceClick, load_clip, write_mp4
-from diffusion import Diffusion, Sampling
+import diffusion as processes
+from sampling import Sampling, denoiser_forwards
 
 
 def weights(path, key="model"):
@@ -193,7 +194,7 @@ def test_every_script_answers_help(script, capsys):
     if script is train:                                    # every Config field too, with its comment
         assert "--mse_weight" in text and "--mix_clean" in text and "[linear | cosine]" in text
     if script in (sample, evaluate):
-        assert "[dpm++ | ddim | ddpm]" in text and "--resample_audio" in text
+        assert "[dpm++ | ddim | ddpm | euler]" in text and "--resample_audio" in text
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -240,7 +241,7 @@ def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_p
     assert models.diffusion.mix == (1.0, 0.0, 0.0)
     how = Sampling().for_model(models.diffusion)
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("replace", 1.0, False)
-    how = Sampling().for_model(Diffusion.from_config(get_config("tiny")))
+    how = Sampling().for_model(processes.from_config(get_config("tiny")))
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("native", 4.0, True)
     sample.main(["--out_dir", str(tmp_path), "--n", "1", "--steps", "3", "--mode", "v2a", "--cond", _clip(tmp_path)])
     assert os.path.exists(tmp_path / "samples" / "000.wav")
@@ -262,6 +263,22 @@ def test_sampling_defaults_follow_the_checkpoint(trained, tmp_path):
     default, plain = clips(), clips("--xmodal_cfg", "1", "--resample_audio", "false")
     assert all(np.array_equal(a, b) for a, b in zip(default, plain))
     assert not any(np.array_equal(a, b) for a, b in zip(default, clips("--xmodal_cfg", "4")))
+
+
+def test_denoiser_forwards_counts_what_generate_runs(trained):
+    """bench.py's cost per clip (sampling.denoiser_forwards) is the number of clips generate sends
+    through the STDiT, for the default joint clip, native and replaced A2V / V2A, one plain run."""
+    from pipeline import generate, load_models
+    m, item = load_models(trained), BounceClick(get_config("tiny"), size=1, seed=5)[0]
+    rows, forward = [], m.dit.forward
+    m.dit.forward = lambda x, t, y=None: rows.append(len(x)) or forward(x, t, y)
+    for how, mode in ((Sampling(steps=3), "joint"), (Sampling(steps=3), "v2a"),
+                      (Sampling(steps=3, conditioning="replace", guidance=0.0), "a2v"),
+                      (Sampling("ddim", 4, xmodal_cfg=1.0, resample_audio=False), "joint")):
+        rows.clear()
+        generate(m, 2, how, mode=mode, cond_video=item["video"], cond_wave=item["wave"],
+                 generator=torch.Generator().manual_seed(0))
+        assert sum(rows) == 2 * denoiser_forwards(how.for_model(m.diffusion), mode), (how, mode)
 
 
 def _clip(folder) -> str:

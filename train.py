@@ -35,7 +35,7 @@ from audio import frames_to_wave, wave_to_frames
 from autoencoder import MDSA, psnr
 from config import DIT_FIELDS, Config, Preset, config_fields, get_config, need, parse_cli, settings_of
 from data import HELDOUT_SEED_OFFSET, BounceClick, VideoFolder, save_grid, write_mp4
-from diffusion import Diffusion
+import diffusion
 from model import STDiT, stack_planes
 from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, load_checkpoint, load_weights,
                       pick_device, save_checkpoint)
@@ -392,7 +392,7 @@ def train_dit():
         step = ckpt["step"]
         restore_rng(ckpt)
     fwd = wrap(model)
-    diffusion = Diffusion.from_config(cfg)
+    process = diffusion.from_config(cfg)
     log(f"STDiT {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params | {len(latents)} latents "
         f"{tuple(latents.shape[1:])} scale {scale:.3f} | {dev} x{world} | batch {batch_size}/process | "
         f"steps {step}->{max_steps}")
@@ -407,7 +407,7 @@ def train_dit():
         idx = torch.from_numpy(batch_indices(len(latents), step)).to(dev)
         x0, y = latents[idx], (labels[idx] if cfg.num_classes else None)
         with amp:
-            loss = diffusion.loss(fwd, x0, y)
+            loss = process.loss(fwd, x0, y)
         grad_norm = optimizer_step(opt, params, loss, step)
         with torch.no_grad():  # EMA: ema ← decay·ema + (1−decay)·w, in one fused call
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
@@ -421,7 +421,7 @@ def train_dit():
                             "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
                             "latent_scale": scale, "ae_step": ae_ck["step"]})
         if due(step, preview_every):
-            preview_dit(Models(cfg, ae, ema.eval(), diffusion, scale), step)
+            preview_dit(Models(cfg, ae, ema.eval(), process, scale), step)
     bar.close()
     check_ranks_agree(model)
     log(f"saved {path}")
