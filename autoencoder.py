@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from attention import BiBlockCrossAttn, GCMAttn, MTSelfAttn, SpatialSelfAttention, attention
 
@@ -250,7 +251,11 @@ class MDSA(nn.Module):
     encode(video=None, audio=None, sample=False) → (v_hw, v_th, v_tw, a_hw, a_th, a_tw), each B×c×L×L
     decode(planes) → (video B×3×T×S×S, audio B×1×T×M×F), unbounded (clamp to [-1, 1] for display)
     loss(video, audio) → {'loss', 'kl_share', 'l1_video', 'l1_audio', 'mse_video', 'mse_audio', 'kl', 'video_rec', 'audio_rec'}
+    `grad_checkpoint` (default False; train.py sets it on the instance) recomputes each encoder and
+    decoder block in the backward pass of a training step: the same numbers, less activation memory.
     """
+
+    grad_checkpoint = False
 
     def __init__(self, cfg):
         super().__init__()
@@ -266,6 +271,20 @@ class MDSA(nn.Module):
         block = lambda: MDSABlock(cfg.ae_channels, cfg.ae_heads, cfg.mt_scales, cfg.gcm_group)
         self.enc_blocks = nn.ModuleList(block() for _ in range(cfg.ae_enc_blocks))
         self.dec_blocks = nn.ModuleList(block() for _ in range(cfg.ae_dec_blocks))
+
+    def _blocks(self, blocks, v, a, cross):
+        """Run `blocks` (MDSABlock) on video `B×T'×Qv×C` and audio `B×T'×Qa×C` (either may be None).
+
+        With grad_checkpoint on in a training step, each block keeps only its inputs for backward
+        and is recomputed there (non-reentrant: the RNG and autocast state of the forward replay),
+        so activation memory holds one block's rather than all of them."""
+        recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
+        for blk in blocks:
+            if recompute:
+                v, a = checkpoint(blk, v, a, cross, use_reentrant=False)
+            else:
+                v, a = blk(v, a, cross)
+        return v, a
 
     def _check(self, x, shape, what):
         if x.dim() != 5 or tuple(x.shape[1:]) != shape:
@@ -290,8 +309,7 @@ class MDSA(nn.Module):
                 if self.training and cfg.xmodal_dropout > 0 else None)
         v = self.video.embed(video) if video is not None else None
         a = self.audio.embed(audio) if audio is not None else None
-        for blk in self.enc_blocks:
-            v, a = blk(v, a, cross=keep)
+        v, a = self._blocks(self.enc_blocks, v, a, keep)
         return (self.video.to_planes(v) if v is not None else None,
                 self.audio.to_planes(a) if a is not None else None)
 
@@ -319,8 +337,7 @@ class MDSA(nn.Module):
         if len(planes) != 6 or any(p is None for p in planes):
             raise ValueError("MDSA.decode needs all six planes (v_hw, v_th, v_tw, a_hw, a_th, a_tw)")
         v, a = self.video.from_planes(planes[:3]), self.audio.from_planes(planes[3:])
-        for blk in self.dec_blocks:
-            v, a = blk(v, a)
+        v, a = self._blocks(self.dec_blocks, v, a, None)
         return self.video.decode(v), self.audio.decode(a)
 
     def loss(self, video: torch.Tensor, audio: torch.Tensor) -> dict:

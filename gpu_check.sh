@@ -27,3 +27,9 @@ step sample 40 python3 sample.py --out_dir "$OUT/run" --n 8
 #    DDIM-50, the flash-attention check, and the sampling forward alone compiled (bench.gpu_sampling_checks).
 step bench 300 python3 bench.py --device cuda --repeats 3 --out_dir "$OUT/bench_gpu"
 cat "$OUT"/bench_gpu/bench.md
+# 3. Memory of one training step per stage, preset and batch (1, 4, 16), with and without --grad_checkpoint:
+#    CUDA max_memory_allocated beside the saved-for-backward count; then checkpointing's cost in step time
+#    (bench.memory_tables; the FLOP and tiny tables it also prints are cheap).
+step memory 240 python3 bench.py --device cuda --memory true --presets tiny --timed tiny --repeats 3 \
+  --out_dir "$OUT/bench_memory"
+sed -n '/^Memory of one training step/,$p' "$OUT"/bench_memory/bench.md
