@@ -20,10 +20,16 @@ Prints markdown tables (and writes them to out_dir/bench.md). No pass/fail: numb
     DPM-Solver++ at FEW_STEPS, beside MM-Diffusion's (MM_DIFFUSION_TFLOPS, counted the same way on
     its released code).
 """
+import contextlib
+import gc
+import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
+from typing import Literal
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -31,12 +37,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoencoder import MDSA
 from audio import frames_to_wave
 from config import PRESETS, get_config, need, parse_cli, settings_of
+import attention
 import diffusion
+import model as stdit_module
 from sampling import DEFAULT_STEPS, SAMPLERS, Sampling, denoiser_forwards, sample_latent
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
 from pipeline import Precision, autocast, pick_device, use_bf16
 
 # ----------------------------------------------------------------------------- settings
+MemoryAttention = Literal["fused", "as_run"]  # the attention kernels the memory rows may use
 device = "cpu"          # "cpu", "cuda" or "cuda:K" (never "auto": a benchmark says what it ran on)
 compile = False         # torch.compile the timed models
 precision: Precision = "auto"  # as train.py: "auto" = bf16 on GPUs and on CPUs with fast bf16, else "fp32"
@@ -46,6 +55,13 @@ ae_batch = 0            # clips per timed AE step; 0 = 8 at tiny, 4 at paper
 dit_batch = 0           # clips per timed DiT step; 0 = 32 at tiny, 16 at paper
 repeats = 5             # timed repetitions (median reported)
 out_dir = "out"         # the markdown tables are written to out_dir/bench.md
+memory = False          # add the memory tables: one training step per stage, preset and batch, with and
+                        # without grad_checkpoint, and checkpointing's cost in step time (CPU: ~10 min)
+memory_presets = "tiny,paper"  # presets of the memory tables
+memory_batches = ""     # clips per step in the memory table; "" = 1,4,16 on GPU; on CPU 1,2 at tiny, 1 at paper
+memory_attention: MemoryAttention = "fused"  # attention kernel of the memory rows: "fused" =
+                        # F.scaled_dot_product_attention, as on a GPU (the counts then predict a GPU's);
+                        # "as_run" = attention.sdpa's choice (bf16 on a CPU writes the weights out for backward)
 
 SETTINGS = settings_of(globals(), __file__)
 
@@ -103,15 +119,20 @@ def sampler_table(presets) -> str:
         cfg = get_config(p)
         r, process = count(cfg), diffusion.from_config(cfg)
         runs = [("default joint clip", Sampling(), "joint"), ("default a2v/v2a clip", Sampling(), "v2a")]
-        for s, k in [(s, DEFAULT_STEPS[s]) for s in SAMPLERS[process.objective]] + [("dpm++", FEW_STEPS)]:
-            runs += [(f"{s}-{k}, one unguided run", Sampling(s, k, xmodal_cfg=1.0, resample_audio=False), "joint"),
-                     (f"{s}-{k}, A2V/V2A with cross-modal guidance", Sampling(s, k, xmodal_cfg=4.0), "v2a"),
-                     (f"{s}-{k}, joint with cross-modal guidance", Sampling(s, k, xmodal_cfg=4.0, resample_audio=False),
-                      "joint"),
-                     (f"{s}-{k}, the same, then the audio re-drawn", Sampling(s, k, xmodal_cfg=4.0, resample_audio=True),
-                      "joint")]
+        runs += [(f"{s}-{DEFAULT_STEPS[s]}, one unguided run",
+                  Sampling(s, DEFAULT_STEPS[s], xmodal_cfg=1.0, resample_audio=False), "joint")
+                 for s in SAMPLERS[process.objective]]
+        for k in sorted({FEW_STEPS, DEFAULT_STEPS["dpm++"]}):
+            if k != DEFAULT_STEPS["dpm++"]:                        # that one is listed above
+                runs.append((f"dpm++-{k}, one unguided run",
+                             Sampling("dpm++", k, xmodal_cfg=1.0, resample_audio=False), "joint"))
+            runs += [(f"dpm++-{k}, A2V/V2A with cross-modal guidance", Sampling("dpm++", k, xmodal_cfg=4.0), "v2a"),
+                     (f"dpm++-{k}, joint with cross-modal guidance",
+                      Sampling("dpm++", k, xmodal_cfg=4.0, resample_audio=False), "joint"),
+                     (f"dpm++-{k}, the same, then the audio re-drawn",
+                      Sampling("dpm++", k, xmodal_cfg=4.0, resample_audio=True), "joint")]
         for label, how, mode in runs:
-            forwards = denoiser_forwards(how.for_model(process), mode)
+            forwards = denoiser_forwards(process, how.for_model(process), mode)
             tflops = (forwards * r["dit"] + r["ae_decode"]) / 1e12
             ratio = f"{MM_DIFFUSION_TFLOPS / tflops:.1f}×" if p == "paper" else ""
             rows.append((p, label, forwards, f"{tflops:.3f}", ratio))
@@ -248,6 +269,288 @@ def gpu_sampling_checks(cfg, dev, repeats) -> str:
     return "\nGPU checks at `paper` (bf16 autocast):\n\n" + table(["check", "result"], rows)
 
 
+# ----------------------------------------------------------------------------- memory
+# Autograd nodes that only view or cast a tensor: followed back from a saved tensor to find out
+# whether it is autocast's low-precision copy of a weight.
+VIEW_OR_CAST = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0",
+                "UnsafeViewBackward0", "ExpandBackward0", "UnsqueezeBackward0", "AliasBackward0"}
+
+
+class SavedForBackward(torch.autograd.graph.saved_tensors_hooks):
+    """What autograd keeps for the backward pass during a forward: the distinct storages of every
+    tensor an op saves (a storage saved by several ops counts once), without the model's own
+    parameters and buffers. Deterministic bookkeeping of "activation memory" on any device.
+
+        with SavedForBackward(model, blocks) as saved:
+            loss = loss_fn()
+        saved.bytes() → {"total", "weight_copies", "blocks", "max_block"}
+
+    total: all saved bytes; weight_copies: of them, autocast's bf16 copies of the weights (one set
+    per step, whatever the batch); blocks: those saved inside `blocks` (tagged by forward hooks);
+    max_block: the most one block saved. A block run under checkpoint() saves nothing here, since
+    checkpointing's own hooks take its tensors: what stays is each block's input.
+    """
+
+    def __init__(self, model, blocks=()):
+        super().__init__(self._pack, lambda t: t)
+        self.skip = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+        self.params = {id(p) for p in model.parameters()}
+        self.blocks, self.where, self.seen, self.handles = list(blocks), None, {}, []
+
+    def __enter__(self):
+        for i, block in enumerate(self.blocks):
+            self.handles += [block.register_forward_pre_hook(lambda *_, i=i: setattr(self, "where", i)),
+                             block.register_forward_hook(lambda *_: setattr(self, "where", None))]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        return super().__exit__(*exc)
+
+    def _pack(self, t):
+        key = t.untyped_storage().data_ptr()
+        if key not in self.skip and key not in self.seen:
+            self.seen[key] = ("weight" if self._is_weight_copy(t) else self.where, t.untyped_storage().nbytes())
+        return t                                       # the hook only counts: memory is as without it
+
+    def _is_weight_copy(self, t) -> bool:
+        fn = t.grad_fn
+        while fn is not None and fn.name() in VIEW_OR_CAST:
+            fn = fn.next_functions[0][0]
+        return fn is not None and id(getattr(fn, "variable", None)) in self.params
+
+    def bytes(self) -> dict:
+        per_block, total, weights = [0] * len(self.blocks), 0, 0
+        for kind, n in self.seen.values():
+            total += n
+            if kind == "weight":
+                weights += n
+            elif kind is not None:
+                per_block[kind] += n
+        return {"total": total, "weight_copies": weights, "blocks": sum(per_block),
+                "max_block": max(per_block, default=0)}
+
+
+@contextlib.contextmanager
+def fused_attention():
+    """Inside: every attention call of MDSA and STDiT is F.scaled_dot_product_attention, the fused
+    kernel a GPU runs, also where attention.sdpa would write bf16 attention out on a CPU. The
+    kernel saves q, k, v, the output and the log-sum-exp for backward, never the n×n weights."""
+    fused = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    was = attention.sdpa, stdit_module.sdpa
+    attention.sdpa = stdit_module.sdpa = fused
+    try:
+        yield
+    finally:
+        attention.sdpa, stdit_module.sdpa = was
+
+
+def training_loss(stage, cfg, batch, dev):
+    """One stage's training step on seeded random data: (model in train mode, loss_fn() → the scalar
+    loss, the blocks grad_checkpoint recomputes). AE: video `B×3×T×S×S`, audio `B×1×T×M×F` in
+    [-1, 1]; DiT: latents `B×c×6×L×L`, the training mixture of noise levels."""
+    torch.manual_seed(0)
+    if stage == "ae":
+        model = MDSA(cfg).to(dev).train()
+        video = torch.rand(batch, 3, cfg.frames, cfg.image_size, cfg.image_size, device=dev) * 2 - 1
+        audio = torch.rand(batch, 1, cfg.frames, cfg.n_mels, cfg.mel_width, device=dev) * 2 - 1
+        return model, lambda: model.loss(video, audio)["loss"], [*model.enc_blocks, *model.dec_blocks]
+    model, process = STDiT(cfg).to(dev).train(), diffusion.from_config(cfg)
+    z = torch.randn(batch, *latent_shape(cfg), device=dev)
+    return model, lambda: process.loss(model, z), list(model.blocks)
+
+
+def _proc_status_bytes(field) -> int:
+    """A `VmRSS` / `VmHWM` line of /proc/self/status in bytes (Linux); ru_maxrss elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_now(dev) -> int:
+    """Bytes in use: the CUDA caching allocator's allocated bytes, or this process's resident set."""
+    return torch.cuda.memory_allocated(dev) if dev.type == "cuda" else _proc_status_bytes("VmRSS")
+
+
+def reset_peak(dev):
+    """Start a new peak: CUDA's peak statistics, or the process's peak RSS (VmHWM; Linux ≥ 4.0)."""
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                                   # where refused, the peak covers the warm-up step too
+
+
+def peak_memory(dev) -> int:
+    return torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else _proc_status_bytes("VmHWM")
+
+
+def memory_row(stage, preset, batch, checkpointed, device_name, precision_name, kernel="fused") -> dict:
+    """One training step's forward + backward at (stage, preset, batch), after a warm-up step, with
+    the fused attention kernel (kernel "fused", see fused_attention) or attention.sdpa's ("as_run").
+
+    → saved-for-backward bytes (SavedForBackward.bytes()), "peak": the device's (CUDA) or process's
+    (CPU, resident set) peak during the step over what was in use at its start (model, inputs), which
+    includes the gradients the step leaves, "grads": their bytes, "sec": the step's wall time.
+    The optimizer step is left out: AdamW's two fp32 moments are counted from the parameters."""
+    dev = pick_device(device_name)
+    amp = autocast(dev, precision_name)
+    model, loss_fn, blocks = training_loss(stage, get_config(preset), batch, dev)
+    model.grad_checkpoint = checkpointed
+
+    def step(counter):
+        model.zero_grad(set_to_none=True)
+        # the kernel stays switched through backward, where checkpointing recomputes the forward
+        with fused_attention() if kernel == "fused" else contextlib.nullcontext():
+            with counter, amp:
+                loss = loss_fn()
+            loss.backward()
+        sync(dev)
+
+    step(contextlib.nullcontext())                     # warm-up: kernels, allocator, lazy state
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    base = memory_now(dev)
+    reset_peak(dev)
+    saved, t0 = SavedForBackward(model, blocks), time.perf_counter()
+    step(saved)
+    sec = time.perf_counter() - t0
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+    return {**saved.bytes(), "peak": peak_memory(dev) - base, "grads": grads, "sec": sec}
+
+
+def measured_row(args, dev) -> dict:
+    """memory_row(*args): on CPU in a fresh Python process, so that its peak resident set is this
+    row's alone; glibc is told to map every block ≥ 16 KiB on its own, so freed tensors leave the
+    resident set at once. On a GPU in this process (peak statistics reset per step)."""
+    if dev.type == "cuda":
+        row = memory_row(*args)
+        gc.collect()
+        torch.cuda.empty_cache()
+        return row
+    code = f"import json, bench; print(json.dumps(bench.memory_row(*{args!r})))"
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(__file__)),
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"memory row {args} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_batches_of(preset, dev) -> list:
+    """--memory_batches, or by default 1,4,16 on a GPU; on a CPU 1,2 at tiny and 1 at paper (the
+    paper STDiT's weights and gradients alone take 7.5 GB there)."""
+    if memory_batches:
+        return [int(b) for b in memory_batches.split(",")]
+    return [1, 4, 16] if dev.type == "cuda" else [1, 2] if preset == "tiny" else [1]
+
+
+def memory_lines(stage, preset, batch, results) -> list:
+    """The table rows of one (stage, preset, batch): results {checkpointed: memory_row(...)}, MiB."""
+    mib, lines = 2 ** 20, []
+    recompute = results[False]["max_block"]            # what a checkpointed step rebuilds at a time
+    per_clip = {c: (r["total"] - r["weight_copies"] + (recompute if c else 0)) / batch for c, r in results.items()}
+    for c, r in results.items():
+        lines.append(({"ae": "AE", "dit": "DiT"}[stage], preset, batch, "on" if c else "off",
+                      f"{r['total'] / mib:,.1f}", f"{r['weight_copies'] / mib:,.1f}",
+                      f"{recompute / mib:,.1f}" if c else "", f"{per_clip[c] / mib:,.1f}",
+                      f"{per_clip[False] / per_clip[c]:.2f}×" if c else "", f"{r['peak'] / mib:,.0f}",
+                      f"{r['sec']:.2f} s"))
+    return lines
+
+
+def memory_table(dev, presets) -> str:
+    """Rows per stage, preset, batch, grad_checkpoint off and on (memory_row); MiB throughout."""
+    # decided once here: each row's fresh process would otherwise time bf16 against fp32 anew, and a
+    # busy machine can tip that test (precision "auto") either way
+    pinned, rows = ("bf16" if use_bf16(dev, precision) else "fp32"), []
+    for p in presets:
+        for stage in ("ae", "dit"):
+            for b in memory_batches_of(p, dev):
+                results = {c: measured_row((stage, p, b, c, str(dev), pinned, memory_attention), dev)
+                           for c in (False, True)}
+                rows += memory_lines(stage, p, b, results)
+    how = ("CUDA max_memory_allocated over memory_allocated at the step's start" if dev.type == "cuda" else
+           "peak resident set (VmHWM, a fresh process per row) over the resident set at the step's start")
+    return (f"\nMemory of one training step (forward + backward; MiB; {pinned}, {memory_attention} attention).\n"
+            "Saved for backward: the distinct tensors autograd keeps (saved_tensors_hooks, without the\n"
+            "parameters); one block's: the most one block saves without checkpointing, which a checkpointed\n"
+            "step recomputes at a time; activations per clip: saved − bf16 weight copies (+ one block's when\n"
+            f"checkpointed), ÷ batch. Measured peak: {how};\n"
+            "it counts the gradients too (fp32, the weights' size), which grow as the activations are freed.\n\n"
+            + table(["stage", "preset", "batch", "grad_checkpoint", "saved for backward",
+                     "of which bf16 weight copies", "one block's", "activations per clip", "less by",
+                     "measured peak over start", "step (warm)"], rows))
+
+
+def model_state_table(presets) -> str:
+    """Weights, gradients, AdamW moments and the EMA copy of each stage's model, in GB (10⁹ bytes):
+    counted from the parameter counts, fp32 each (4 bytes a number; AdamW keeps two, exp_avg and
+    exp_avg_sq; train.py keeps an EMA of the STDiT only)."""
+    rows = []
+    for p in presets:
+        r = count(get_config(p))
+        for stage, n in (("AE", r["ae_params"]), ("DiT", r["dit_params"])):
+            parts = [4 * n, 4 * n, 8 * n, 4 * n if stage == "DiT" else 0]
+            rows.append((stage, p, f"{n / 1e6:.1f}M", *(f"{x / 1e9:.2f}" for x in parts), f"{sum(parts) / 1e9:.2f}"))
+    return ("\nModel state in a training step, GB (10⁹ bytes), counted from the parameters (fp32):\n\n"
+            + table(["stage", "preset", "parameters", "weights", "gradients", "AdamW moments", "EMA", "total"],
+                    rows))
+
+
+def checkpoint_cost(stage, cfg, batch, dev, reps) -> tuple:
+    """Median step time (forward + backward) without and with grad_checkpoint, the two timed in
+    alternation on one model and one batch so that a machine's load falls on both alike."""
+    model, loss_fn, _ = training_loss(stage, cfg, batch, dev)
+    amp, times = autocast(dev, precision), {False: [], True: []}
+
+    def step(checkpointed):
+        model.grad_checkpoint = checkpointed
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        with amp:
+            loss = loss_fn()
+        loss.backward()
+        sync(dev)
+        return time.perf_counter() - t0
+
+    step(False), step(True)                            # warm-up
+    for _ in range(reps):
+        for checkpointed in (False, True):
+            times[checkpointed].append(step(checkpointed))
+    return tuple(sorted(t)[len(t) // 2] for t in (times[False], times[True]))
+
+
+def checkpoint_cost_table(dev, presets) -> str:
+    """checkpoint_cost of both stages at tiny (default batches) and at paper (batch 1; the STDiT at
+    depth 4 of 28 on a CPU, where the whole one takes most of a minute a step)."""
+    rows, cpu = [], dev.type == "cpu"
+    for p in presets:
+        cfg, big = get_config(p), p == "paper"
+        runs = [("AE", "ae", cfg, 1 if big else 8, "")]
+        dit_cfg = get_config(p, dit_depth=4) if big and cpu else cfg
+        runs.append(("DiT", "dit", dit_cfg, 1 if big else 32, "depth 4 of 28" if dit_cfg is not cfg else ""))
+        for name, stage, c, b, note in runs:
+            reps = max(1, repeats // 2) if big else repeats
+            off, on = checkpoint_cost(stage, c, b, dev, reps)
+            rows.append((name, p + (f" ({note})" if note else ""), b, f"{off * 1e3:,.0f} ms", f"{on * 1e3:,.0f} ms",
+                         f"{on / off:.2f}×", reps))
+    return ("\nStep time (forward + backward) without and with grad_checkpoint, medians, timed in alternation:\n\n"
+            + table(["stage", "preset", "batch", "off", "on", "on ÷ off", "repeats each"], rows))
+
+
+def memory_tables(dev) -> str:
+    """The three memory tables of `--memory true`: per-step memory, model state, checkpointing's cost."""
+    presets = memory_presets.split(",")
+    return (memory_table(dev, presets) + "\n" + model_state_table(presets) + "\n"
+            + checkpoint_cost_table(dev, presets))
+
+
 def table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(str(x) for x in r) + " |" for r in rows])
@@ -260,6 +563,10 @@ def main(argv):
     need(repeats >= 1, f"--repeats must be at least 1, not {repeats}")
     need(ae_batch >= 0 and dit_batch >= 0, "--ae_batch and --dit_batch must be ≥ 0 (0 = by preset)")
     need(device != "auto", "--device: name the device to measure (cpu, cuda or cuda:K)")
+    for p in memory_presets.split(","):
+        need(p in PRESETS, f"--memory_presets: unknown preset {p!r}; choose from {', '.join(PRESETS)}")
+    need(all(b.strip().isdigit() and int(b) >= 1 for b in memory_batches.split(",")) if memory_batches else True,
+         f"--memory_batches: a comma-separated list of batch sizes ≥ 1, not {memory_batches!r}")
     dev = pick_device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -297,6 +604,8 @@ def main(argv):
                          timed_steps(cfg, dev, peak)))
         if dev.type == "cuda" and p == "paper":
             out.append(gpu_sampling_checks(cfg, dev, repeats))
+    if memory:
+        out.append(memory_tables(dev))
     text = "\n".join(out) + "\n"
     print(text)
     os.makedirs(out_dir, exist_ok=True)

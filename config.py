@@ -191,7 +191,7 @@ def get_config(preset: Preset = "tiny", **overrides) -> Config:
 # `settings_of` reads that block (values from the module, help from the comments, and the allowed
 # values from a `Literal[...]` annotation, declared once where the setting is), `parse_cli`
 # overrides it from `--name value`, typed by each default, and answers `--help` with the table.
-# A dataclass's fields (Config, diffusion.Sampling) are read the same way by `fields_of`; a field
+# A dataclass's fields (Config, sampling.Sampling) are read the same way by `fields_of`; a field
 # whose default is None reads "auto" on the command line: the value then follows the checkpoint.
 _SETTING_LINE = re.compile(r"^([a-z][a-z0-9_]*)\s*(?::\s*([\w\[\]., \"']+?)\s*)?=\s*(.+?)\s+#\s?(.*)$")
 _MORE_HELP = re.compile(r"^\s+#\s?(.*)$")

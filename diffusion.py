@@ -258,6 +258,10 @@ class Diffusion(NoiseProcess):
         """The timestep `fraction` of the way from clean to pure noise."""
         return int(fraction * self.num_timesteps)
 
+    def share_of(self, t):
+        """How far timestep t is from clean to pure noise, in [0, 1)."""
+        return t / self.num_timesteps
+
     def alpha_sigma(self, t):
         """(α_t, σ_t) = (√ᾱ_t, √(1−ᾱ_t)) as Python floats."""
         ab = self.alphas_cumprod[t].item()
@@ -332,6 +336,10 @@ class Flow(NoiseProcess):
     def level_at(self, fraction):
         """The level `fraction` of the way from clean to pure noise: t itself."""
         return float(fraction)
+
+    def share_of(self, t):
+        """How far level t is from clean to pure noise: t itself."""
+        return float(t)
 
     def alpha_sigma(self, t):
         """(α_t, σ_t) = (1 − t, t)."""

@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn as nn
 from einops import rearrange
+from torch.utils.checkpoint import checkpoint
 
 from attention import sdpa
 
@@ -280,7 +281,12 @@ class STDiT(nn.Module):
     network learns every pair of noise levels: a modality given clean (t = 0) beside a noisy one is
     how A2V and V2A are sampled [ours, after UniDiffuser]. t_v = t_a computes exactly what the `B`
     form computes. With num_classes > 0 and y=None the null label is used (the unconditional branch).
+
+    `grad_checkpoint` (default False; train.py sets it on the instance) recomputes each block in the
+    backward pass of a training step: the same numbers, less activation memory, ~1 more forward.
     """
+
+    grad_checkpoint = False
 
     def __init__(self, cfg, num_frames=len(PLANE_NAMES)):
         super().__init__()
@@ -367,8 +373,15 @@ class STDiT(nn.Module):
             if label is not None:
                 cond = cond + label
 
+        # grad_checkpoint (set by train.py, not part of the Config): keep only each block's input for
+        # backward and recompute the block there, so activation memory holds one block's, not all;
+        # non-reentrant checkpointing replays the RNG state and the autocast state of the forward
+        recompute = self.grad_checkpoint and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            tokens = block(tokens, cond, self.video_planes)
+            if recompute:
+                tokens = checkpoint(block, tokens, cond, self.video_planes, use_reentrant=False)
+            else:
+                tokens = block(tokens, cond, self.video_planes)
         return self.unpatchify(self.final(tokens, cond, self.video_planes))
 
 

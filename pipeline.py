@@ -51,10 +51,20 @@ def pick_device(name: str = "auto") -> torch.device:
 
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU multiplies bf16 matrices at least twice as fast as fp32 (~20 ms to find out).
+    """Whether this CPU multiplies bf16 matrices at least twice as fast as fp32.
 
     CPUs with AVX512-BF16 or AMX do (BENCHMARKS.md); most laptops do not, and there bf16 would
-    only add rounding. Best of 5 so a busy moment cannot decide it."""
+    only add rounding. Where the CPU lists its features (Linux), they decide: a timing can flip
+    on a busy machine, and the choice must not depend on what else runs. Elsewhere, the best of 5
+    timed 512² products (~20 ms) decides."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is not None:
+        return "amx_bf16" in flags or "avx512_bf16" in flags
+
     def best(dtype):
         a = torch.randn(512, 512).to(dtype)
         times = []
@@ -204,6 +214,28 @@ def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joi
     video = given.clone() if mode == "v2a" else video.clamp(-1, 1).float().cpu()
     wave = given.clone() if mode == "a2v" else frames_to_wave(audio.clamp(-1, 1).float().cpu(), cfg)
     return video, wave
+
+
+def sync_check(m: Models, items: list, how: Sampling, seed: int, batch_size: int) -> dict:
+    """Held-out sync-F1 of joint, A2V and V2A samples (sync.sync_metrics): {"joint_f1", "a2v_f1",
+    "v2a_f1"}. `items` are held-out dataset items (video, wave); each A2V / V2A clip is conditioned
+    on its own item. One generator seeded `seed` draws joint, then A2V, then V2A, in batches of
+    `batch_size`: what `evaluate.py --what gen,a2v,v2a` draws with the same seed, n, batch size
+    and sampling, so its figures are the same."""
+    from sync import sync_metrics                    # imported late: generation needs no detectors
+    gen, cfg, out = torch.Generator().manual_seed(seed), m.cfg, {}
+    for mode in ("joint", "a2v", "v2a"):
+        pairs = []
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            video, wave = generate(m, len(chunk), how, mode=mode, generator=gen,
+                                   cond_video=torch.stack([it["video"] for it in chunk]),
+                                   cond_wave=torch.stack([it["wave"] for it in chunk]),
+                                   label=torch.stack([it["label"] for it in chunk]) if cfg.num_classes and mode != "joint"
+                                   else None)
+            pairs += list(zip(video.float(), wave.float()))
+        out[f"{mode}_f1"] = sync_metrics(pairs, cfg.fps, cfg.sample_rate)["f1"]
+    return out
 
 
 def given_clips(given, mode: str, n: int) -> torch.Tensor:

@@ -562,6 +562,19 @@ def heldout_plots(out_dir, missing) -> list:
     return [curve_svg(log[1]["step"], series, "AE held-out PSNR, dB (ae_heldout.csv)", log_y=False)]
 
 
+def sync_curve_plots(out_dir, missing) -> list:
+    """The held-out sync-F1 that train.py checks during the DiT stage (dit_sync.csv), against the
+    step and against the wall-clock seconds since the stage began, or nothing (named in `missing`)."""
+    log = read_log(os.path.join(out_dir, "dit_sync.csv"))
+    if log is None:
+        missing.append("dit_sync.csv")
+        return []
+    cols = log[1]
+    series = {c: cols[c] for c in ("joint_f1", "a2v_f1", "v2a_f1") if c in cols}
+    return [curve_svg(cols[x], series, f"STDiT held-out sync-F1 by {label} (dit_sync.csv)", log_y=False)
+            for x, label in (("step", "step"), ("seconds", "seconds of training")) if x in cols and series]
+
+
 def preview_figures(out_dir, media_dir, missing) -> list:
     """The newest AE and DiT preview grids, copied into the media folder, as figures (else named in `missing`)."""
     figures = []
@@ -580,11 +593,11 @@ def preview_figures(out_dir, media_dir, missing) -> list:
 
 
 def training_html(out_dir, media_dir) -> Markup:
-    """Curves of ae_log.csv and ae_heldout.csv, then dit_log.csv, and the newest preview grids
+    """Curves of ae_log.csv and ae_heldout.csv, then dit_log.csv and dit_sync.csv, and the newest preview grids
     (copied into the media folder); a missing file is named, not an error."""
     missing = []
     ae_plots = log_plots(out_dir, "ae_log.csv", "AE", missing) + heldout_plots(out_dir, missing)
-    dit_plots = log_plots(out_dir, "dit_log.csv", "STDiT", missing)
+    dit_plots = log_plots(out_dir, "dit_log.csv", "STDiT", missing) + sync_curve_plots(out_dir, missing)
     images = preview_figures(out_dir, media_dir, missing)
     row = lambda plots: el("div", plots, class_="plots") if plots else None
     return frag(el("h2", "Training", id="training"),

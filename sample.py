@@ -2,7 +2,7 @@
 Sample sounding videos from trained checkpoints (PAPER.md §5).
 
   python sample.py                                     # 8 joint clips with the checkpoint's default sampling
-  python sample.py --steps 20                          # 20 denoiser calls per run instead of 50
+  python sample.py --steps 20 --resample_audio false   # 60 denoiser calls a clip instead of 250 (RESULTS.md)
   python sample.py --resample_audio false              # joint in one run of the sampler, no second audio pass
   python sample.py --sampler ddim                      # DDIM-50
   python sample.py --n 16 --sampler ddpm --steps 250   # ancestral sampling, respaced to 250 steps

@@ -34,9 +34,10 @@ Sampler = Literal["dpm++", "ddim", "ddpm", "euler"]
 Grid = Literal["time", "logsnr"]
 Conditioning = Literal["native", "replace"]
 SAMPLERS = {"ddpm": ("dpm++", "ddim", "ddpm"), "flow": ("dpm++", "euler")}   # by objective
-# Denoiser calls per clip each sampler takes unless told otherwise. DPM-Solver++ at 50 syncs best;
-# at 20 (`--steps 20`) it stays close to DDIM at 50 for 2.5× fewer calls (RESULTS.md, "Which sampler
-# and how many steps?"). Ancestral sampling, first order with the most noise, needs the most.
+# Steps per run each sampler takes unless told otherwise. DPM-Solver++ at 50 (with the audio re-draw)
+# is the cheapest setting measured that keeps every sync target; at 20 it misses the joint offset
+# target by about 1 ms for 4.2× fewer calls (RESULTS.md, "How many denoiser calls does a sounding clip
+# need?"). Ancestral sampling, first order with the most noise, needs the most.
 DEFAULT_STEPS = {"dpm++": 50, "ddim": 50, "ddpm": 250, "euler": 50}
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ class Sampling:
     was trained for": `for_model` decides it from the denoiser's objective and noise-level mixture."""
     sampler: Sampler = "dpm++"         # the solver: DPM-Solver++(2M) (both objectives), DDIM or DDPM's
                                        # ancestral sampler (ddpm), Euler (flow)
-    steps: Optional[int] = None        # denoiser calls per run; auto = the sampler's own (dpm++ 50, ddim 50,
+    steps: Optional[int] = None        # denoiser steps per run; auto = the sampler's own (dpm++ 50, ddim 50,
                                        # ddpm 250, euler 50)
     eta: float = 1.0                   # ddim / dpm++ noise: 1 = DDPM-like (syncs better), 0 = deterministic (the ODE)
     grid: Grid = "time"                # levels spread uniformly in t, or in log-SNR (ddpm only)
@@ -65,6 +66,8 @@ class Sampling:
                                                  # re-noised every step ("replace"); auto = native for a
                                                  # denoiser trained with one modality clean, else replace
     guidance: float = 16.0             # replace: reconstruction guidance weight (0 = replacement alone)
+    guide_above: float = 0.0           # cross-modal guidance only at levels at least this share of the way
+                                       # to pure noise, one plain forward below (0 = at every step)
 
     def for_model(self, process) -> "Sampling":
         """Every None decided by what the denoiser was trained on, checked. A denoiser trained with
@@ -85,24 +88,32 @@ class Sampling:
         most = getattr(process, "num_timesteps", 1000)     # DDPM's grid holds its training timesteps
         if not 1 <= how.steps <= most:                     # messages start with the setting's name
             raise ValueError(f"steps must be in 1..{most}, not {how.steps}")
-        for name in ("eta", "guidance", "cfg_scale", "xmodal_cfg"):
+        for name in ("eta", "guidance", "cfg_scale", "xmodal_cfg", "guide_above"):
             if getattr(how, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, not {getattr(how, name)}")
         return how
 
 
-def denoiser_forwards(how: Sampling, mode: str = "joint") -> int:
+def denoiser_forwards(process, how: Sampling, mode: str = "joint") -> int:
     """Clips through the denoiser's forward per sampled clip under a resolved `how`
     (Sampling.for_model), the cost that matters: joint with cross-modal guidance batches 3 copies
-    a step, native A2V / V2A with it 2, class guidance adds one; the audio re-draw adds a V2A run.
-    Reconstruction guidance ("replace") adds a backward pass a step, not counted here."""
+    a step, native A2V / V2A with it 2 (at the steps above how.guide_above), class guidance adds
+    one; the audio re-draw adds a V2A run. Reconstruction guidance ("replace") adds a backward pass
+    a step, not counted here."""
     classes = 1 if how.cfg_scale != 1.0 else 0                     # the null-label copy
+    guided = sum(guides(process, how, t) for t in process.levels(how.steps, how.grid))
     if mode == "joint":
-        joint = how.steps * ((3 if how.xmodal_cfg != 1.0 else 1) + classes)
-        return joint + (denoiser_forwards(how, "v2a") if how.resample_audio else 0)
+        joint = how.steps * (1 + classes) + 2 * guided
+        return joint + (denoiser_forwards(process, how, "v2a") if how.resample_audio else 0)
     if how.conditioning == "native":
-        return how.steps * ((2 if how.xmodal_cfg != 1.0 else 1) + classes)
+        return how.steps * (1 + classes) + guided
     return how.steps * (1 + classes)
+
+
+def guides(process, how: Sampling, t) -> bool:
+    """Whether cross-modal guidance acts at level t (a number or a `B` tensor of one level)."""
+    level = t[0].item() if torch.is_tensor(t) else t
+    return how.xmodal_cfg != 1.0 and process.share_of(level) >= how.guide_above
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,20 +153,20 @@ def sample_latent(process, model, shape, how=Sampling(), *, y=None, known=None, 
               P plane axis (length P) or broadcastable to `shape`. How the model is told about the
               known planes is how.conditioning (`native_denoiser`, `replace_denoiser`); at the end
               they are exactly `known`. Without them the clip is joint (`joint_denoiser`).
-    noise     the starting x at t = num_timesteps−1 (else drawn from `generator`).
+    noise     the starting x, at pure noise (else drawn from `generator`).
     generator every random draw (start noise, per-step noise, re-noised and pure-noise planes) comes
               from it, so one seed fixes the sample; it may live on another device.
     """
     how = how.for_model(process)
     if (known is None) != (known_mask is None):
-        raise ValueError("process: pass `known` and `known_mask` together")
+        raise ValueError("sampling: pass `known` and `known_mask` together")
     params = model.parameters() if isinstance(model, torch.nn.Module) else ()   # a plain callable: cpu
     device = noise.device if noise is not None else next((p.device for p in params), torch.device("cpu"))
     draw_device = generator.device if generator is not None else device
     randn = lambda: torch.randn(shape, generator=generator, device=draw_device, dtype=torch.float32).to(device)
     x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn()
     if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"process: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
+        raise ValueError(f"sampling: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
     if known is None:
         denoiser = joint_denoiser(process, model, how, y, randn)
     else:
@@ -176,31 +187,34 @@ def sample_latent(process, model, shape, how=Sampling(), *, y=None, known=None, 
 # ---- the denoiser function of each way to sample: conditioning and guidance live here ----
 
 def joint_denoiser(process, model, how, y, randn):
-    """Joint generation: the model's ε̂ with classifier-free guidance on y, and with how.xmodal_cfg
-    ≠ 1 each modality also guided by the other (`joint_xmodal_eps`)."""
-    if how.xmodal_cfg == 1.0:
-        return lambda x, t: process.predict(model, x, t, y, how.cfg_scale).float()
-    return lambda x, t: joint_xmodal_eps(process, model, x, t, y, how.cfg_scale, how.xmodal_cfg, randn)
+    """Joint generation: the model's prediction with classifier-free guidance on y, and with
+    how.xmodal_cfg ≠ 1 each modality also guided by the other (`joint_xmodal_prediction`)."""
+    def denoiser(x, t):
+        if guides(process, how, t):
+            return joint_xmodal_prediction(process, model, x, t, y, how.cfg_scale, how.xmodal_cfg, randn)
+        return process.predict(model, x, t, y, how.cfg_scale).float()
+    return denoiser
 
 
 def native_denoiser(process, model, how, y, randn, known, known_mask):
     """A2V / V2A with the known modality clean [ours, after UniDiffuser]: its planes are `known`
-    itself and the model hears t = 0 for them beside the free planes' t (`native_eps`, with
+    itself and the model hears t = 0 for them beside the free planes' t (`native_prediction`, with
     cross-modal guidance against the known modality at pure noise). `known_mask` must select all
     video planes or all audio planes: one t per modality."""
     known_video = known_modality(known_mask)
 
     def denoiser(x, t):
         x = torch.where(known_mask, known, x)                     # the known planes stay clean
-        return native_eps(process, model, x, t, y, how.cfg_scale, known_mask, known_video, how.xmodal_cfg, randn)
+        scale = how.xmodal_cfg if guides(process, how, t) else 1.0
+        return native_prediction(process, model, x, t, y, how.cfg_scale, known_mask, known_video, scale, randn)
     return denoiser
 
 
 def replace_denoiser(process, model, how, y, randn, known, known_mask):
     """A2V / V2A by replacement [ours, MM-Diffusion]: before every call the known planes are
     q_sample(known, t) with fresh noise, so the model denoises the rest in agreement with them;
-    how.guidance > 0 adds reconstruction guidance [Ho et al. 2022] (`guided_eps`): the free planes'
-    x̂0 moves by −(w·√ᾱ/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of
+    how.guidance > 0 adds reconstruction guidance [Ho et al. 2022] (`guided_prediction`): the free planes'
+    x̂0 moves by −(w·α_t/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of
     the known planes agree with them. Replacement alone informs the free planes only through the
     model's attention to the known ones, which a joint model may barely use; the gradient also
     reaches them through the known planes' dependence on the free ones. how.xmodal_cfg does not
@@ -209,7 +223,7 @@ def replace_denoiser(process, model, how, y, randn, known, known_mask):
     def denoiser(x, t):
         x = torch.where(known_mask, process.q_sample(known, t, randn()), x)
         if how.guidance > 0:
-            return guided_eps(process, model, x, t, y, how.cfg_scale, known, known_mask, how.guidance)
+            return guided_prediction(process, model, x, t, y, how.cfg_scale, known, known_mask, how.guidance)
         return process.predict(model, x, t, y, how.cfg_scale).float()
     return denoiser
 
@@ -241,15 +255,16 @@ def known_modality(known_mask):
                      f"{video.tolist()} or all audio planes, got {whole.tolist()}")
 
 
-# ---- the model's ε̂ under conditioning and guidance: one batched forward of every copy a step needs ----
+# ---- the model's prediction (ε̂ or v̂) under conditioning and guidance: one batched forward of every
+# copy a step needs; the guidance combinations are linear, so they read the same for either ----
 
-def native_eps(process, model, x, t, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn):
-    """ε̂ of the free planes with the known modality clean (see `sample_latent`, conditioning "native").
+def native_prediction(process, model, x, t, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn):
+    """The prediction for the free planes with the known modality clean (`native_denoiser`).
 
     x `B×c×P×L×L` float32 with the known planes = the clean known latent, t `B` (the free planes'
     level). The conditional copy sees t = 0 on the known modality; the cross-modal copy sees fresh
-    noise there at t = num_timesteps−1; the class copy the null label. All copies go through one
-    batched forward; with no guidance, one plain forward. The known planes' ε̂ is not meaningful."""
+    noise there at pure noise; the class copy the null label. All copies go through one batched
+    forward; with no guidance, one plain forward. The known planes' prediction is not meaningful."""
     zero, pure = torch.zeros_like(t), torch.full_like(t, process.pure_noise)
     pair = (lambda given: torch.stack([given, t] if known_video else [t, given], dim=1))  # → B×2
     t_cond = pair(zero)
@@ -274,17 +289,17 @@ def native_eps(process, model, x, t, y, cfg_scale, known_mask, known_video, xmod
         if use_class:
             out = out + (cfg_scale - 1.0) * (eps[0] - eps[2])
     else:
-        out = eps[1] + cfg_scale * (eps[0] - eps[1])              # class guidance alone, as predict_eps
+        out = eps[1] + cfg_scale * (eps[0] - eps[1])              # class guidance alone, as `predict`
     return out
 
-def joint_xmodal_eps(process, model, x, t, y, cfg_scale, xmodal_cfg, randn):
-    """ε̂ of joint sampling with cross-modal guidance [ours, after UniDiffuser]: each modality's ε̂
+def joint_xmodal_prediction(process, model, x, t, y, cfg_scale, xmodal_cfg, randn):
+    """Joint sampling's prediction with cross-modal guidance [ours, after UniDiffuser]: each modality's ε̂
     is pushed away from the one it makes when the OTHER modality is pure noise, ε̂_m = ε̂_m,u +
     s·(ε̂_m,c − ε̂_m,u), as classifier-free guidance does with a label, the partner stream being
     the condition. Only a denoiser trained with independent noise levels has seen the partner at
     pure noise. x `B×c×P×L×L` float32, t `B`. One forward of three copies (both at t; the video
     with the audio at pure noise; the audio with the video at pure noise), four with class
-    guidance, which adds (cfg_scale − 1)·(ε̂_c − ε̂(∅)) as in native_eps."""
+    guidance, which adds (cfg_scale − 1)·(ε̂_c − ε̂(∅)) as in native_prediction."""
     video = VIDEO_PLANES.to(x.device)[None, None, :, None, None]
     pure = torch.full_like(t, process.pure_noise)
     fresh = randn()
@@ -304,7 +319,7 @@ def joint_xmodal_eps(process, model, x, t, y, cfg_scale, xmodal_cfg, randn):
     return out
 
 
-def guided_eps(process, model, x, t, y, cfg_scale, known, known_mask, w):
+def guided_prediction(process, model, x, t, y, cfg_scale, known, known_mask, w):
     """The prediction after reconstruction guidance (see `replace_denoiser`): one forward and one
     backward pass. x, known `B×c×P×L×L` float32, known_mask bool of that shape, t `B` (one level)."""
     level = t[0].item()                                           # one level for the whole batch
@@ -320,7 +335,7 @@ def guided_eps(process, model, x, t, y, cfg_scale, known, known_mask, w):
     return process.pred_of_x0(x, moved, level)                    # the prediction that gives this x̂0 at x
 
 
-# ---- one reverse step x_t → x_{t_prev}, given ε̂ ----
+# ---- one reverse step x_t → x_{t_prev}, given the prediction ----
 
 def ddim_step(process, x, pred, t, t_prev, sampler, eta, randn):
     """One DDIM step x_t → x_{t_prev} on the path x = α·x0 + σ·ε (t_prev=None: the last step, to

@@ -12,7 +12,7 @@ import torch
 from config import get_config
 import diffusion as processes
 from diffusion import Diffusion, logsnr_timesteps
-from sampling import Sampling, ddim_step, dpm_step, native_eps, sample_latent
+from sampling import Sampling, ddim_step, dpm_step, native_prediction, sample_latent
 from model import PLANE_NAMES, VIDEO_PLANES, STDiT, latent_shape, unprojected_stdit
 
 SMALL = dict(dit_width=32, dit_depth=2, dit_heads=2)
@@ -335,7 +335,7 @@ def test_cross_modal_and_class_guidance_combine(prediction):
     t, y = torch.tensor([300, 800]), torch.tensor([0, 2])
     mask = VIDEO_PLANES.reshape(1, 1, 6, 1, 1).expand(shape)
     s, g = 2.5, 4.0
-    eps = native_eps(diffusion, model, x, t, y, g, mask, True, s, lambda: fresh)
+    eps = native_prediction(diffusion, model, x, t, y, g, mask, True, s, lambda: fresh)
     t_c = torch.stack([torch.zeros_like(t), t], dim=1)
     t_u = torch.stack([torch.full_like(t, 999), t], dim=1)
     x_u = torch.where(mask, fresh, x)
@@ -344,7 +344,7 @@ def test_cross_modal_and_class_guidance_combine(prediction):
     free = ~mask
     torch.testing.assert_close(eps[free], (e_u + s * (e_c - e_u) + (g - 1) * (e_c - e_n))[free],
                                rtol=1e-4, atol=1e-5)
-    only_class = native_eps(diffusion, model, x, t, y, g, mask, True, 1.0, lambda: fresh)
+    only_class = native_prediction(diffusion, model, x, t, y, g, mask, True, 1.0, lambda: fresh)
     torch.testing.assert_close(only_class[free], (e_n + g * (e_c - e_n))[free], rtol=1e-4, atol=1e-5)
     out = sample_latent(diffusion, model, shape,
                         Sampling(sampler="dpm++", steps=4, eta=0.0, cfg_scale=g, xmodal_cfg=s, conditioning="native"),

@@ -1,5 +1,6 @@
 """The main job end to end at a toy size: train.py --stage ae|dit, resume, torchrun DDP, sample.py;
 and the settings mechanism all four scripts share (--help, typed values, one-line errors)."""
+import csv
 import os
 import subprocess
 import sys
@@ -242,7 +243,7 @@ def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_p
     how = Sampling().for_model(models.diffusion)
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("replace", 1.0, False)
     how = Sampling().for_model(processes.from_config(get_config("tiny")))
-    assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("native", 4.0, True)
+    assert (how.conditioning, how.xmodal_cfg, how.resample_audio, how.steps) == ("native", 4.0, True, 50)
     sample.main(["--out_dir", str(tmp_path), "--n", "1", "--steps", "3", "--mode", "v2a", "--cond", _clip(tmp_path)])
     assert os.path.exists(tmp_path / "samples" / "000.wav")
 
@@ -274,11 +275,29 @@ def test_denoiser_forwards_counts_what_generate_runs(trained):
     m.dit.forward = lambda x, t, y=None: rows.append(len(x)) or forward(x, t, y)
     for how, mode in ((Sampling(steps=3), "joint"), (Sampling(steps=3), "v2a"),
                       (Sampling(steps=3, conditioning="replace", guidance=0.0), "a2v"),
-                      (Sampling("ddim", 4, xmodal_cfg=1.0, resample_audio=False), "joint")):
+                      (Sampling("ddim", 4, xmodal_cfg=1.0, resample_audio=False), "joint"),
+                      (Sampling(steps=4, guide_above=0.5), "joint"), (Sampling(steps=4, guide_above=0.5), "a2v")):
         rows.clear()
         generate(m, 2, how, mode=mode, cond_video=item["video"], cond_wave=item["wave"],
                  generator=torch.Generator().manual_seed(0))
-        assert sum(rows) == 2 * denoiser_forwards(how.for_model(m.diffusion), mode), (how, mode)
+        assert sum(rows) == 2 * denoiser_forwards(m.diffusion, how.for_model(m.diffusion), mode), (how, mode)
+
+
+def test_sync_check_during_training_agrees_with_evaluate(trained, tmp_path):
+    """train.py's held-out sync check (dit_sync.csv) gives evaluate.py's figures for the same
+    checkpoint, clips, sampler and seed."""
+    out = str(tmp_path)
+    os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
+    train.main(["--stage", "dit", "--max_steps", "2", "--out_dir", out, "--preview_every", "0", "--sync_every", "1",
+                "--sync_clips", "4", "--sync_steps", "3"] + TOY)
+    with open(os.path.join(out, "dit_sync.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "2"] and float(rows[1]["seconds"]) > float(rows[0]["seconds"]) >= 0
+    results = evaluate.main(["--out_dir", out, "--what", "gen,a2v,v2a", "--n", "4", "--batch_size", "4",
+                             "--steps", "3", "--seed", "0", "--report", "false"])
+    for part, column in (("gen", "joint_f1"), ("a2v", "a2v_f1"), ("v2a", "v2a_f1")):
+        f1 = results[part]["sync"]["generated"]["f1"]
+        assert (rows[1][column] == "") if f1 is None else float(rows[1][column]) == pytest.approx(f1, abs=1e-5), part
 
 
 def _clip(folder) -> str:

@@ -38,7 +38,8 @@ from data import HELDOUT_SEED_OFFSET, BounceClick, VideoFolder, save_grid, write
 import diffusion
 from model import STDiT, stack_planes
 from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, load_checkpoint, load_weights,
-                      pick_device, save_checkpoint)
+                      pick_device, save_checkpoint, sync_check)
+from sampling import Sampling
 
 # ----------------------------------------------------------------------------- settings
 Stage = Literal["ae", "dit"]   # the two training stages, in order
@@ -57,12 +58,17 @@ ema_decay = 0.999      # STDiT weight EMA (sampling uses the EMA copy)
 train_clips = 4000     # BounceClick clips that form the training set (the DiT caches their latents)
 eval_clips = 8         # held-out clips for the AE's PSNR and the previews
 log_every = 50         # steps between CSV log rows (the only reads of the loss back from the device)
-preview_every = 1000   # steps between previews (mp4 with sound + PNG grid); 0 = only at the end
+preview_every = 0      # steps between previews (mp4 with sound + PNG grid, the AE's held-out PSNR); 0 = only at the end
 save_every = 500       # steps between checkpoints (and one at the end)
+sync_every = 2000      # DiT: steps between quick held-out sync checks (out/dit_sync.csv); 0 = only at the end.
+                       # A check of 24 clips costs about 4% of the steps between two checks at tiny
+sync_clips = 24        # DiT: held-out clips per sync check, each sampled joint, A2V and V2A
+sync_steps = 10        # DiT: denoiser steps per run in the sync check (the rest of the sampling as sample.py's)
 num_workers = 0        # DataLoader workers per process (0 suits 2 CPU cores; use ~8 per GPU)
 seed = 0               # weights, batches, noise: one seed fixes the run (each rank adds its rank)
 device = "auto"        # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
 compile = False        # torch.compile the model being trained
+grad_checkpoint = False  # recompute each STDiT/MDSA block in backward: same numbers, 10x less DiT activations, ~1.35x time
 precision: Precision = "auto"  # "auto": bf16 autocast on GPUs and on CPUs with fast bf16 matmuls, else fp32
 
 STAGE_DEFAULTS = {     # sized so that both stages + sampling fit 30 minutes on 2 CPU cores at tiny
@@ -298,6 +304,7 @@ def train_ae():
     ckpt = load_checkpoint(path, "ae") if resume else None
     cfg = fitted_config(ckpt, path) if ckpt else config_for(config_overrides)
     model = MDSA(cfg).to(dev)
+    model.grad_checkpoint = grad_checkpoint  # a module flag: checkpoints and configs stay unchanged
     opt = optimizer(model)
     step = 0
     if ckpt:
@@ -381,7 +388,9 @@ def train_dit():
     scale = float(ckpt["latent_scale"]) if ckpt else float(1.0 / latents.std())
     latents = latents * scale
 
+    started = time.time() - (ckpt.get("seconds", 0.0) if ckpt else 0.0)   # the stage's clock, across resumes
     model = STDiT(cfg).to(dev)
+    model.grad_checkpoint = grad_checkpoint  # a module flag: checkpoints and configs stay unchanged
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = optimizer(model)
     step = 0
@@ -398,10 +407,11 @@ def train_dit():
         f"steps {step}->{max_steps}")
     log_path = os.path.join(out_dir, "dit_log.csv")
     csv_log(log_path, ["step", "loss", "lr", "grad_norm", "clips_per_s"], step)
+    csv_log(os.path.join(out_dir, "dit_sync.csv"), ["step", "seconds", "joint_f1", "a2v_f1", "v2a_f1"], step)
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True, desc="dit")
     latents, labels = latents.to(dev), labels.to(dev)
     ema_params, params = list(ema.parameters()), list(model.parameters())
-    meter = Meter()
+    meter, synced = Meter(), {}                                   # synced: the last sync check, on the bar
     model.train()
     while step < max_steps:
         idx = torch.from_numpy(batch_indices(len(latents), step)).to(dev)
@@ -415,16 +425,33 @@ def train_dit():
         bar.update(1)
         if due(step, log_every):
             csv_row(log_path, step, loss.item(), lr_at(step - 1), grad_norm.item(), meter.rate())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}", **synced)
         if due(step, save_every):
             save("dit.pt", {"stage": "dit", "config": cfg.to_dict(), "model": model.state_dict(),
                             "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                            "latent_scale": scale, "ae_step": ae_ck["step"]})
+                            "latent_scale": scale, "ae_step": ae_ck["step"], "seconds": time.time() - started})
         if due(step, preview_every):
             preview_dit(Models(cfg, ae, ema.eval(), process, scale), step)
+        if due(step, sync_every):
+            synced = check_sync(Models(cfg, ae, ema.eval(), process, scale), step, time.time() - started)
+            bar.set_postfix(loss=f"{loss.item():.4f}", **synced)
     bar.close()
     check_ranks_agree(model)
     log(f"saved {path}")
+
+
+def check_sync(models: Models, step: int, seconds: float) -> dict:
+    """Held-out sync-F1 of the EMA denoiser, joint / A2V / V2A on `sync_clips` held-out clips with
+    `sync_steps` steps (pipeline.sync_check: the figures `evaluate.py --what gen,a2v,v2a --n
+    sync_clips --batch_size sync_clips --steps sync_steps --seed 0` gives for this checkpoint),
+    appended to dit_sync.csv with the step and the stage's seconds so far; returns them for the bar."""
+    if not master:
+        return {}
+    held_out = BounceClick(models.cfg, sync_clips, seed + HELDOUT_SEED_OFFSET)
+    with amp:
+        f1 = sync_check(models, [held_out[i] for i in range(sync_clips)], Sampling(steps=sync_steps), 0, sync_clips)
+    csv_row(os.path.join(out_dir, "dit_sync.csv"), step, round(seconds, 1), f1["joint_f1"], f1["a2v_f1"], f1["v2a_f1"])
+    return {mode: f"{f1[f'{mode}_f1']:.3f}" for mode in ("joint", "a2v", "v2a")}
 
 
 def cached_latents(ae: MDSA, cfg: Config, ae_file: str):
@@ -479,9 +506,10 @@ def main(argv):
     globals().update(values)
     for k, v in STAGE_DEFAULTS[stage].items():  # 0 = the stage's default
         globals()[k] = globals()[k] or v
-    for name in ("max_steps", "batch_size", "train_clips", "eval_clips", "log_every", "save_every"):
+    for name in ("max_steps", "batch_size", "train_clips", "eval_clips", "log_every", "save_every", "sync_clips",
+                 "sync_steps"):
         need(globals()[name] >= 1, f"--{name} must be at least 1, not {globals()[name]}")
-    for name in ("warmup_steps", "preview_every", "num_workers", "weight_decay"):
+    for name in ("warmup_steps", "preview_every", "sync_every", "num_workers", "weight_decay"):
         need(globals()[name] >= 0, f"--{name} must be ≥ 0, not {globals()[name]}")
     need(lr > 0 and grad_clip > 0, f"--lr and --grad_clip must be > 0, not {lr} and {grad_clip}")
     need(0 <= ema_decay < 1, f"--ema_decay must be in [0, 1), not {ema_decay}")
