@@ -62,10 +62,10 @@ def test_a2v_keeps_the_given_audio(trained, tmp_path):
     assert np.abs(written - given.numpy()).max() < 1e-3
 
 
-@pytest.mark.parametrize("stage", ["ae", "dit"])
-def test_resume_is_exact(trained, tmp_path, stage):
+@pytest.mark.parametrize("stage, optimizer", [("ae", "adamw"), ("dit", "adamw"), ("dit", "muon")])
+def test_resume_is_exact(trained, tmp_path, stage, optimizer):
     """2N steps in one go == N steps, stop, --resume, N more (warm-up spans all steps, so the LR
-    schedule does not depend on max_steps)."""
+    schedule does not depend on max_steps); Muon's momentum travels in the checkpoint as AdamW's moments do."""
     runs = {}
     for name, legs in {"straight": [4], "resumed": [2, 4]}.items():
         out = str(tmp_path / name)
@@ -74,7 +74,7 @@ def test_resume_is_exact(trained, tmp_path, stage):
             os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
         for i, steps in enumerate(legs):
             train.main(["--stage", stage, "--max_steps", str(steps), "--out_dir", out, "--warmup_steps", "100",
-                        "--save_every", "2"] + TOY + (["--resume"] if i else []))
+                        "--save_every", "2", "--optimizer", optimizer] + TOY + (["--resume"] if i else []))
         runs[name] = weights(os.path.join(out, f"{stage}.pt"))
     for k, v in runs["straight"].items():
         assert torch.allclose(v, runs["resumed"][k], atol=1e-6, rtol=0), k
