@@ -43,6 +43,7 @@ import model as stdit_module
 from sampling import DEFAULT_STEPS, SAMPLERS, Sampling, denoiser_forwards, sample_latent
 from model import STDiT, latent_shape, unprojected_stdit, unstack_planes
 from pipeline import Precision, autocast, pick_device, use_bf16
+from train import STAGE_DEFAULTS, is_block_matrix, make_optimizer
 
 # ----------------------------------------------------------------------------- settings
 MemoryAttention = Literal["fused", "as_run"]  # the attention kernels the memory rows may use
@@ -185,8 +186,9 @@ def timed_steps(cfg, dev, peak) -> list:
             opt.step()
         return step
 
-    def measure(name, model, loss_fn, batch):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    def measure(name, model, loss_fn, batch, stage):
+        kind = STAGE_DEFAULTS[stage]["optimizer"]  # what train.py steps this stage with
+        opt = make_optimizer(model, kind, 1e-4, fused=dev.type == "cuda")
         step = train_step(model, loss_fn, opt)
         step()  # warm-up before counting (compilation, lazy state)
         with FlopCounterMode(display=False) as fc:  # forward + backward, as actually executed
@@ -204,13 +206,13 @@ def timed_steps(cfg, dev, peak) -> list:
     video = torch.rand(ab, 3, cfg.frames, cfg.image_size, cfg.image_size, device=dev) * 2 - 1
     audio = torch.rand(ab, 1, cfg.frames, cfg.n_mels, cfg.mel_width, device=dev) * 2 - 1
     ae_loss = torch.compile(ae.loss) if compile else ae.loss
-    measure("AE train step", ae, lambda: ae_loss(video, audio)["loss"], ab)
+    measure("AE train step", ae, lambda: ae_loss(video, audio)["loss"], ab, "ae")
     ae.eval()
 
     dit, process = STDiT(cfg).to(dev).train(), diffusion.from_config(cfg)
     fwd = torch.compile(dit) if compile else dit
     z = torch.randn(db, *latent_shape(cfg), device=dev)
-    measure("DiT train step", dit, lambda: process.loss(fwd, z), db)
+    measure("DiT train step", dit, lambda: process.loss(fwd, z), db, "dit")
     dit.eval()
 
     @torch.no_grad()
@@ -489,18 +491,26 @@ def memory_table(dev, presets) -> str:
 
 
 def model_state_table(presets) -> str:
-    """Weights, gradients, AdamW moments and the EMA copy of each stage's model, in GB (10⁹ bytes):
-    counted from the parameter counts, fp32 each (4 bytes a number; AdamW keeps two, exp_avg and
-    exp_avg_sq; train.py keeps an EMA of the STDiT only)."""
+    """Weights, gradients, optimizer state and the EMA copy of each stage's model, in GB (10⁹ bytes):
+    counted from the parameters, fp32 each (4 bytes a number). The optimizer is the stage's default in
+    train.py: AdamW keeps two moments a weight, Muon one momentum buffer per block matrix; train.py
+    keeps an EMA of the STDiT only."""
     rows = []
     for p in presets:
-        r = count(get_config(p))
-        for stage, n in (("AE", r["ae_params"]), ("DiT", r["dit_params"])):
-            parts = [4 * n, 4 * n, 8 * n, 4 * n if stage == "DiT" else 0]
-            rows.append((stage, p, f"{n / 1e6:.1f}M", *(f"{x / 1e9:.2f}" for x in parts), f"{sum(parts) / 1e9:.2f}"))
+        cfg = get_config(p)
+        with torch.device("meta"):
+            models = {"AE": ("ae", MDSA(cfg)), "DiT": ("dit", STDiT(cfg))}
+        for name, (stage, model) in models.items():
+            named = list(model.named_parameters())
+            n = sum(w.numel() for _, w in named)
+            muon = sum(w.numel() for k, w in named if is_block_matrix(k, w)) \
+                if STAGE_DEFAULTS[stage]["optimizer"] == "muon" else 0
+            parts = [4 * n, 4 * n, 8 * (n - muon) + 4 * muon, 4 * n if name == "DiT" else 0]
+            rows.append((name, p, STAGE_DEFAULTS[stage]["optimizer"], f"{n / 1e6:.1f}M",
+                         *(f"{x / 1e9:.2f}" for x in parts), f"{sum(parts) / 1e9:.2f}"))
     return ("\nModel state in a training step, GB (10⁹ bytes), counted from the parameters (fp32):\n\n"
-            + table(["stage", "preset", "parameters", "weights", "gradients", "AdamW moments", "EMA", "total"],
-                    rows))
+            + table(["stage", "preset", "optimizer", "parameters", "weights", "gradients", "optimizer state",
+                     "EMA", "total"], rows))
 
 
 def checkpoint_cost(stage, cfg, batch, dev, reps) -> tuple:

@@ -43,7 +43,7 @@ from sampling import Sampling
 
 # ----------------------------------------------------------------------------- settings
 Stage = Literal["ae", "dit"]   # the two training stages, in order
-Optimizer = Literal["auto", "adamw", "muon"]  # what updates the weights (make_optimizer); auto: the stage's
+Optimizer = Literal["auto", "adamw", "muon"]  # what updates the weights (make_optimizer)
 stage: Stage = "ae"    # "ae": train MDSA (§3); "dit": train the STDiT on its latents (§4)
 preset: Preset = "tiny"  # a name in config.PRESETS: "tiny" (CPU default) or "paper"
 data = ""              # "" = the embedded BounceClick; else a folder of .mp4/.mov/.mkv/.avi/.webm clips
@@ -74,10 +74,10 @@ compile = False        # torch.compile the model being trained
 grad_checkpoint = False  # recompute each STDiT/MDSA block in backward: same numbers, 10x less DiT activations, ~1.35x time
 precision: Precision = "auto"  # "auto": bf16 autocast on GPUs and on CPUs with fast bf16 matmuls, else fp32
 
-STAGE_DEFAULTS = {     # sized so that both stages + sampling fit 30 minutes on 2 CPU cores at tiny
-    # enough steps for the discs' colours (RESULTS.md)
+STAGE_DEFAULTS = {     # the main job at tiny on 2 CPU cores: ~22 min with fast bf16, 38 min in fp32 (RESULTS.md)
+    # AdamW; 1,000 steps reach 33-36 dB held-out video PSNR, 600 fall short of 30 dB
     "ae": dict(max_steps=1000, batch_size=8, lr=1e-3, warmup_steps=200, optimizer="adamw"),
-    # Muon reaches a sync-F1 in about half the steps AdamW needs, at a 3x larger lr (RESULTS.md)
+    # Muon reaches a given sync-F1 in about half of AdamW's steps; joint sync-F1 passes 0.95 by 6,000-8,000
     "dit": dict(max_steps=8000, batch_size=32, lr=1.5e-3, warmup_steps=200, optimizer="muon"),
 }
 
@@ -206,15 +206,20 @@ class Optimizers:
             o.load_state_dict(s)
 
 
-def make_optimizer(model) -> Optimizers:
-    """AdamW over every weight, or with --optimizer muon: Muon (momentum, then the update's matrix
+def is_block_matrix(name: str, p: torch.Tensor) -> bool:
+    """A 2D weight inside a transformer block (attention and MLP projections, adaLN): what Muon updates."""
+    return p.ndim == 2 and ".blocks." in f".{name}"
+
+
+def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused: bool = False) -> Optimizers:
+    """AdamW over every weight, or for kind "muon": Muon (momentum, then each update matrix
     orthogonalised by Newton-Schulz) for the 2D weight matrices inside the transformer blocks, AdamW for
     the embeddings, biases, norms, convolutions and output layers, as the nanoGPT speedruns split them.
-    Muon's update is rescaled to AdamW's RMS ("match_rms_adamw"), so one --lr serves both."""
+    Muon's update is rescaled to AdamW's RMS ("match_rms_adamw"), so one lr serves both."""
     named = list(model.named_parameters())
-    matrix = [p for n, p in named if optimizer == "muon" and p.ndim == 2 and ".blocks." in f".{n}"]
+    matrix = [p for n, p in named if kind == "muon" and is_block_matrix(n, p)]
     rest = [p for n, p in named if not any(p is q for q in matrix)]
-    adamw = torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=dev.type == "cuda")
+    adamw = torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
     if not matrix:
         return Optimizers(adamw)
     muon = torch.optim.Muon(matrix, lr=lr, weight_decay=weight_decay, momentum=0.95, adjust_lr_fn="match_rms_adamw")
@@ -347,7 +352,7 @@ def train_ae():
     cfg = fitted_config(ckpt, path) if ckpt else config_for(config_overrides)
     model = MDSA(cfg).to(dev)
     model.grad_checkpoint = grad_checkpoint  # a module flag: checkpoints and configs stay unchanged
-    opt = make_optimizer(model)
+    opt = make_optimizer(model, optimizer, lr, weight_decay, fused=dev.type == "cuda")
     step = 0
     if ckpt:
         load_weights(model, ckpt["model"], path, "ae")
@@ -434,7 +439,7 @@ def train_dit():
     model = STDiT(cfg).to(dev)
     model.grad_checkpoint = grad_checkpoint  # a module flag: checkpoints and configs stay unchanged
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = make_optimizer(model)
+    opt = make_optimizer(model, optimizer, lr, weight_decay, fused=dev.type == "cuda")
     step = 0
     if ckpt:
         load_weights(model, ckpt["model"], path, "dit")
