@@ -2,8 +2,8 @@
 Sample sounding videos from trained checkpoints (PAPER.md §5).
 
   python sample.py                                     # 8 joint clips with the checkpoint's default sampling
-  python sample.py --steps 20 --resample_audio false   # 60 denoiser calls a clip instead of 250 (RESULTS.md)
-  python sample.py --resample_audio false              # joint in one run of the sampler, no second audio pass
+  python sample.py --steps 20                          # 60 denoiser calls a clip instead of 30 (RESULTS.md)
+  python sample.py --resample_audio true               # then the audio re-drawn given the video (a V2A pass)
   python sample.py --sampler ddim                      # DDIM-50
   python sample.py --n 16 --sampler ddpm --steps 250   # ancestral sampling, respaced to 250 steps
   python sample.py --class 2 --cfg 3.0                 # class-conditional with classifier-free guidance

@@ -34,11 +34,11 @@ Sampler = Literal["dpm++", "ddim", "ddpm", "euler"]
 Grid = Literal["time", "logsnr"]
 Conditioning = Literal["native", "replace"]
 SAMPLERS = {"ddpm": ("dpm++", "ddim", "ddpm"), "flow": ("dpm++", "euler")}   # by objective
-# Steps per run each sampler takes unless told otherwise. DPM-Solver++ at 50 (with the audio re-draw)
-# is the cheapest setting measured that keeps every sync target; at 20 it misses the joint offset
-# target by about 1 ms for 4.2× fewer calls (RESULTS.md, "How many denoiser calls does a sounding clip
-# need?"). Ancestral sampling, first order with the most noise, needs the most.
-DEFAULT_STEPS = {"dpm++": 50, "ddim": 50, "ddpm": 250, "euler": 50}
+# Steps per run each sampler takes unless told otherwise. DPM-Solver++ at 10 is the fewest that keep
+# every sync target with the default denoiser (30 denoiser calls a joint clip; at 8 joint sync falls
+# below 0.95: RESULTS.md, "How many denoiser calls does a sounding clip need?"). Ancestral sampling,
+# first order with the most noise, needs the most.
+DEFAULT_STEPS = {"dpm++": 10, "ddim": 50, "ddpm": 250, "euler": 50}
 
 # ----------------------------------------------------------------------------------------------
 # How to sample: the one owner of the defaults
@@ -52,7 +52,7 @@ class Sampling:
     was trained for": `for_model` decides it from the denoiser's objective and noise-level mixture."""
     sampler: Sampler = "dpm++"         # the solver: DPM-Solver++(2M) (both objectives), DDIM or DDPM's
                                        # ancestral sampler (ddpm), Euler (flow)
-    steps: Optional[int] = None        # denoiser steps per run; auto = the sampler's own (dpm++ 50, ddim 50,
+    steps: Optional[int] = None        # denoiser steps per run; auto = the sampler's own (dpm++ 10, ddim 50,
                                        # ddpm 250, euler 50)
     eta: float = 1.0                   # ddim / dpm++ noise: 1 = DDPM-like (syncs better), 0 = deterministic (the ODE)
     grid: Grid = "time"                # levels spread uniformly in t, or in log-SNR (ddpm only)
@@ -60,8 +60,8 @@ class Sampling:
     xmodal_cfg: Optional[float] = None  # cross-modal guidance scale of joint and native a2v / v2a (1 = none);
                                         # auto = 4 for a denoiser trained with independent or one-clean
                                         # noise levels, else 1 (it never saw a partner at another level)
-    resample_audio: Optional[bool] = None  # joint: then re-draw the audio given the finished video, as v2a
-                                           # does (a Gibbs step); auto = on for the same denoisers as xmodal_cfg
+    resample_audio: bool = False       # joint: then re-draw the audio given the finished video, as v2a does
+                                       # (a Gibbs step; one more v2a run a clip)
     conditioning: Optional[Conditioning] = None  # a2v / v2a: the given planes clean at t = 0 ("native") or
                                                  # re-noised every step ("replace"); auto = native for a
                                                  # denoiser trained with one modality clean, else replace
@@ -72,7 +72,7 @@ class Sampling:
     def for_model(self, process) -> "Sampling":
         """Every None decided by what the denoiser was trained on, checked. A denoiser trained with
         independent or one-clean levels (process.mix) has seen one modality beside the other at
-        another level, which cross-modal guidance and the audio re-draw ask of it."""
+        another level, which cross-modal guidance asks of it."""
         for name, allowed in (("sampler", SAMPLERS[process.objective]), ("grid", get_args(Grid)),
                               ("conditioning", get_args(Conditioning))):
             value = getattr(self, name)
@@ -83,7 +83,6 @@ class Sampling:
         how = replace(
             self, steps=self.steps or DEFAULT_STEPS[self.sampler],
             xmodal_cfg=self.xmodal_cfg if self.xmodal_cfg is not None else 4.0 if per_modality else 1.0,
-            resample_audio=self.resample_audio if self.resample_audio is not None else per_modality,
             conditioning=self.conditioning or ("native" if process.mix[2] > 0 else "replace"))
         most = getattr(process, "num_timesteps", 1000)     # DDPM's grid holds its training timesteps
         if not 1 <= how.steps <= most:                     # messages start with the setting's name
