@@ -77,7 +77,7 @@ precision: Precision = "auto"  # "auto": bf16 autocast on GPUs and on CPUs with 
 STAGE_DEFAULTS = {     # the main job at tiny on 2 CPU cores: ~22 min with fast bf16, 38 min in fp32 (RESULTS.md)
     # AdamW; 1,000 steps reach 33-36 dB held-out video PSNR, 600 fall short of 30 dB
     "ae": dict(max_steps=1000, batch_size=8, lr=1e-3, warmup_steps=200, optimizer="adamw"),
-    # Muon reaches a given sync-F1 in about half of AdamW's steps; joint sync-F1 passes 0.95 by 6,000-8,000
+    # Muon reaches a given sync-F1 in about half of AdamW's steps; at 6,000 steps joint sync-F1 falls short of 0.95
     "dit": dict(max_steps=8000, batch_size=32, lr=1.5e-3, warmup_steps=200, optimizer="muon"),
 }
 
