@@ -216,9 +216,9 @@ def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused
     orthogonalised by Newton-Schulz) for the 2D weight matrices inside the transformer blocks, AdamW for
     the embeddings, biases, norms, convolutions and output layers, as the nanoGPT speedruns split them.
     Muon's update is rescaled to AdamW's RMS ("match_rms_adamw"), so one lr serves both."""
-    named = list(model.named_parameters())
-    matrix = [p for n, p in named if kind == "muon" and is_block_matrix(n, p)]
-    rest = [p for n, p in named if not any(p is q for q in matrix)]
+    matrix, rest = [], []
+    for name, p in model.named_parameters():
+        (matrix if kind == "muon" and is_block_matrix(name, p) else rest).append(p)
     adamw = torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
     if not matrix:
         return Optimizers(adamw)
