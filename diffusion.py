@@ -1,7 +1,9 @@
 """
 The forward processes over the stacked latent and their training losses: PAPER.md §5.
 
-  Diffusion      DDPM: x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, t ∈ {0..num_timesteps−1}, linear β 1e-4 → 0.02
+  NoiseProcess   what a process gives the samplers (sampling.py) and the loss, written once: the
+                 methods and attributes every process defines, and what both share
+  DDPM           x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, t ∈ {0..num_timesteps−1}, linear β 1e-4 → 0.02
                  (DDPM) or cosine (Nichol & Dhariwal), 1000 steps                      [paper; ours]
                  loss: MSE on ε (DDPM) or on v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho)      [DDPM; ours]
   Flow           rectified flow: x_t = (1 − t)·x0 + t·ε, t ∈ [0, 1]; the network predicts the
@@ -9,10 +11,8 @@ The forward processes over the stacked latent and their training losses: PAPER.m
   both           a noise level per clip or per modality (t_v, t_a), drawn from a mixture of
                  equal, independent and one-clean pairs       [ours, after UniDiffuser and AVDiT]
 
-The reverse process (samplers, guidance, conditioning) is sampling.py; it reads a process through
-a few methods that both classes have: `alpha_sigma` (the path x_t = α_t·x0 + σ_t·ε), `x0_eps`
-(x̂0 and ε̂ from the model's prediction), `predict` (the prediction, with classifier-free
-guidance), `model_time` (the t the network embeds), `levels` (the sampling grid) and `pure_noise`.
+The reverse process (samplers, guidance, conditioning) is sampling.py; it reads a process only
+through `NoiseProcess`'s contract.
 
 The model is any callable `model(x_t, t, y) → prediction` with the shape of x_t (model.STDiT), where
 t is `B` (one level for every plane) or `B×2` (t_v for the video planes, t_a for the audio planes).
@@ -24,6 +24,7 @@ entries are cast to the latent's dtype only at use. x0 predictions are NOT clipp
 scaled to unit variance, not bounded to [-1, 1] like pixels, so there is no range to clip to.
 """
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -83,21 +84,29 @@ def logsnr_timesteps(num_steps, alphas_cumprod):
     return torch.tensor(ts)
 
 
-
 # ----------------------------------------------------------------------------------------------
-# What both processes share: a level per modality, the mixture, the masked loss
+# The contract with the samplers, and what both processes share: a level per modality, the
+# mixture, the masked loss
 # ----------------------------------------------------------------------------------------------
 
 
-class NoiseProcess:
-    """The parts of a forward process that do not depend on its path: per-modality levels, the
-    mixture of level pairs the loss draws, the loss over the noised planes, classifier-free
-    guidance. A subclass gives the path (`q_sample`, `alpha_sigma`), the density of one level
-    (`draw_t`), the regression target and how the model's output reads (`target`, `x0_eps`).
+class NoiseProcess(ABC):
+    """A forward process as the samplers (sampling.py) and the loss read it: the contract below,
+    which DDPM and Flow each fill in, and what does not depend on the path: per-modality levels,
+    the mixture of level pairs the loss draws, the loss over the noised planes, classifier-free
+    guidance (`draw_levels`, `loss`, `predict`).
+
+    A level is DDPM's integer timestep 0..num_timesteps−1 or flow's continuous t ∈ [0, 1]; a
+    sampler holds one level as a Python number (int or float) and the model gets a tensor of them,
+    `B` or per modality `B×2`, in `level_dtype`.
 
       mix   weights (equal, independent, clean) of the level pairs `loss` draws, made to sum to 1;
             (1, 0, 0) is one level per clip, drawn exactly as the plain objective draws it.
     """
+    objective: str                   # "ddpm" or "flow": which samplers apply (sampling.SAMPLERS)
+    level_dtype: torch.dtype         # of a tensor of levels: torch.long (DDPM) or torch.float32 (flow)
+    pure_noise: float                # the level that holds no signal: num_timesteps − 1, or 1.0
+    max_steps: int                   # the most steps a sampling grid (`levels`) may have
     clean = 0                        # the level of a modality given clean, in both processes
 
     def __init__(self, mix=(1.0, 0.0, 0.0)):
@@ -106,6 +115,56 @@ class NoiseProcess:
             raise ValueError(f"diffusion: mix must be three non-negative weights (equal, independent, clean) "
                              f"with a positive sum, got {mix}")
         self.mix = tuple(w / sum(mix) for w in mix)
+
+    # ---- the contract: training ----
+
+    @abstractmethod
+    def draw_t(self, shape, device):
+        """Levels of `shape` from the density training draws them from."""
+
+    @abstractmethod
+    def q_sample(self, x0, t, noise):
+        """x_t on the path from x0 to noise at levels t (`B`, or per modality `B×2`)."""
+
+    @abstractmethod
+    def target(self, x0, noise, t):
+        """What the network regresses at levels t."""
+
+    @abstractmethod
+    def model_time(self, t):
+        """The levels t as the network embeds them."""
+
+    @abstractmethod
+    def as_prediction(self, out, x, t):
+        """The network's output at x, t in the form `x0_eps` reads."""
+
+    # ---- the contract: sampling, at one level of the grid (a Python number) ----
+
+    @abstractmethod
+    def levels(self, steps, grid="time"):
+        """The `steps` levels a sampler evaluates, ascending, the last `pure_noise`."""
+
+    @abstractmethod
+    def level_at(self, fraction):
+        """The level `fraction` of the way from clean to pure noise."""
+
+    @abstractmethod
+    def share_of(self, level):
+        """How far `level` is from clean to pure noise, in [0, 1]."""
+
+    @abstractmethod
+    def alpha_sigma(self, level):
+        """(α, σ) of the path x = α·x0 + σ·ε at `level`, as Python floats."""
+
+    @abstractmethod
+    def x0_eps(self, x, pred, level):
+        """(x̂0, ε̂) from the prediction `pred` (`as_prediction`'s form) at x, `level`."""
+
+    @abstractmethod
+    def pred_of_x0(self, x, x0, level):
+        """The prediction under which x at `level` denoises to x0: the inverse of `x0_eps`."""
+
+    # ---- shared by both processes ----
 
     @staticmethod
     def _per_plane(values, x):
@@ -185,31 +244,27 @@ class NoiseProcess:
             out = out_uncond + cfg_scale * (out_cond - out_uncond)
         return self.as_prediction(out, x, t)
 
-    def model_time(self, t):
-        """The t the network embeds (DDPM: the index itself)."""
-        return t
-
-    def as_prediction(self, out, x, t):
-        """The model's output in the form `x0_eps` reads (unchanged unless a subclass converts)."""
-        return out
-
 
 # ----------------------------------------------------------------------------------------------
 # DDPM
 # ----------------------------------------------------------------------------------------------
 
 
-class Diffusion(NoiseProcess):
+class DDPM(NoiseProcess):
     """DDPM's forward process and loss, and what every sampler reads from it. Holds tables only.
+    Its levels are the integer timesteps 0..num_timesteps−1; a sampling grid takes at most one
+    step per timestep.
 
-    Diffusion(steps=1000, schedule="linear", prediction="eps", mix=(1, 0, 0))
+    DDPM(steps=1000, schedule="linear", prediction="eps", mix=(1, 0, 0))
       steps       num_timesteps, the training timesteps 0..num_timesteps−1
+      schedule    the β schedule, "linear" or "cosine" (`make_betas`)
       prediction  what the model outputs: "eps" or "v"; the samplers read ε̂ (`as_prediction`)
     In terms of the x0 error, ε-MSE weighs step t by SNR_t = ᾱ/(1−ᾱ) and v-MSE by 1 + SNR_t: at the
     noisy steps, where a clip's layout (when the disc hits a wall, when the click sounds) is
     decided, v gives 10-1000× the weight ε does.
     """
     objective = "ddpm"
+    level_dtype = torch.long
 
     def __init__(self, steps=1000, schedule="linear", prediction="eps", mix=(1.0, 0.0, 0.0)):
         if prediction not in ("eps", "v"):
@@ -217,7 +272,8 @@ class Diffusion(NoiseProcess):
         super().__init__(mix)
         self.num_timesteps = steps
         self.pure_noise = steps - 1                                   # the level that holds no signal
-        self.schedule, self.prediction = schedule, prediction
+        self.max_steps = steps                                        # a grid of every timestep at most
+        self.prediction = prediction
         self.betas = make_betas(schedule, steps)                     # num_timesteps, float64
         self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)   # ᾱ_t, num_timesteps, float64
         self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
@@ -245,6 +301,10 @@ class Diffusion(NoiseProcess):
             return signal * noise - spread * x0
         return noise
 
+    def model_time(self, t):
+        """The timestep index itself: the network embeds DDPM's t as it is."""
+        return t
+
     def as_prediction(self, out, x, t):
         """The model's output as ε̂: unchanged for ε-prediction, √(1−ᾱ)·x_t + √ᾱ·v̂ for v."""
         if self.prediction == "v":
@@ -258,23 +318,23 @@ class Diffusion(NoiseProcess):
         """The timestep `fraction` of the way from clean to pure noise."""
         return int(fraction * self.num_timesteps)
 
-    def share_of(self, t):
-        """How far timestep t is from clean to pure noise, in [0, 1)."""
-        return t / self.num_timesteps
+    def share_of(self, level):
+        """How far timestep `level` is from clean to pure noise, in [0, 1)."""
+        return level / self.num_timesteps
 
-    def alpha_sigma(self, t):
+    def alpha_sigma(self, level):
         """(α_t, σ_t) = (√ᾱ_t, √(1−ᾱ_t)) as Python floats."""
-        ab = self.alphas_cumprod[t].item()
+        ab = self.alphas_cumprod[level].item()
         return math.sqrt(ab), math.sqrt(1 - ab)
 
-    def x0_eps(self, x, eps, t):
-        """(x̂0, ε̂) from ε̂ at level t: x̂0 = (x − σ_t·ε̂)/α_t inverts q_sample."""
-        alpha, sigma = self.alpha_sigma(t)
+    def x0_eps(self, x, eps, level):
+        """(x̂0, ε̂) from ε̂ at timestep `level`: x̂0 = (x − σ_t·ε̂)/α_t inverts q_sample."""
+        alpha, sigma = self.alpha_sigma(level)
         return (x - sigma * eps) / alpha, eps
 
-    def pred_of_x0(self, x, x0, t):
-        """The ε̂ under which x at level t denoises to x0: (x − α_t·x0)/σ_t."""
-        alpha, sigma = self.alpha_sigma(t)
+    def pred_of_x0(self, x, x0, level):
+        """The ε̂ under which x at timestep `level` denoises to x0: (x − α_t·x0)/σ_t."""
+        alpha, sigma = self.alpha_sigma(level)
         return (x - alpha * x0) / sigma
 
     def levels(self, steps, grid="time"):
@@ -304,7 +364,9 @@ class Flow(NoiseProcess):
     embeds 1000·t, the range of DDPM's indices, so one STDiT serves both objectives.
     """
     objective = "flow"
+    level_dtype = torch.float32
     pure_noise = 1.0
+    max_steps = 1000                 # DDPM's count: --steps allows one range for both objectives
 
     def __init__(self, shift=1.0, mix=(1.0, 0.0, 0.0)):
         if shift <= 0:
@@ -333,25 +395,29 @@ class Flow(NoiseProcess):
         """1000·t, so the timestep embedding sees DDPM's range."""
         return t * 1000.0
 
+    def as_prediction(self, out, x, t):
+        """v̂ as it is: `x0_eps` reads the velocity."""
+        return out
+
     def level_at(self, fraction):
         """The level `fraction` of the way from clean to pure noise: t itself."""
         return float(fraction)
 
-    def share_of(self, t):
+    def share_of(self, level):
         """How far level t is from clean to pure noise: t itself."""
-        return float(t)
+        return float(level)
 
-    def alpha_sigma(self, t):
+    def alpha_sigma(self, level):
         """(α_t, σ_t) = (1 − t, t)."""
-        return 1.0 - t, float(t)
+        return 1.0 - level, float(level)
 
-    def x0_eps(self, x, v, t):
+    def x0_eps(self, x, v, level):
         """(x̂0, ε̂) from v̂ at level t: x̂0 = x − t·v̂ and ε̂ = x + (1 − t)·v̂, finite at t = 1 too."""
-        return x - t * v, x + (1 - t) * v
+        return x - level * v, x + (1 - level) * v
 
-    def pred_of_x0(self, x, x0, t):
+    def pred_of_x0(self, x, x0, level):
         """The v̂ under which x at level t denoises to x0: (x − x0)/t."""
-        return (x - x0) / t
+        return (x - x0) / level
 
     def levels(self, steps, grid="time"):
         """The `steps` levels a sampler evaluates, ascending, ending at 1 (pure noise): k/steps
@@ -364,8 +430,8 @@ class Flow(NoiseProcess):
 
 
 def from_config(cfg) -> NoiseProcess:
-    """The forward process a config trains: DDPM (`Diffusion`) or rectified flow (`Flow`)."""
+    """The forward process a config trains: `DDPM` or rectified flow (`Flow`)."""
     mix = (cfg.mix_equal, cfg.mix_independent, cfg.mix_clean)
     if cfg.objective == "flow":
         return Flow(shift=cfg.flow_shift, mix=mix)
-    return Diffusion(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix)
+    return DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix)

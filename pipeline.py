@@ -11,6 +11,8 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
     given modality's planes clean, or by MM-Diffusion's replacement trick with reconstruction
     guidance [ours]), undo the latent scale, unstack the six planes,
     decode them with MDSA (§3) and invert the mel frames to a waveform (§2);
+  - `generate_heldout`: `generate` over held-out dataset items in batches, each A2V / V2A clip
+    conditioned on its own item; scoring the clips is the caller's (sync.py, evaluate.py);
   - `pick_device` and the precision switch the scripts share.
 """
 import functools
@@ -56,7 +58,7 @@ def cpu_bf16_is_fast() -> bool:
     CPUs with AVX512-BF16 or AMX do (BENCHMARKS.md); most laptops do not, and there bf16 would
     only add rounding. Where the CPU lists its features (Linux), they decide: a timing can flip
     on a busy machine, and the choice must not depend on what else runs. Elsewhere, the best of 5
-    timed 512² products (~20 ms) decides."""
+    timed 512² products decides."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
@@ -150,7 +152,7 @@ class Models:
     cfg: Config            # the DiT's config (the AE's, plus denoiser fields)
     ae: MDSA
     dit: STDiT             # EMA weights: what sampling should use (DiT §4 practice)
-    diffusion: diffusion.NoiseProcess  # DDPM (diffusion.Diffusion) or rectified flow (diffusion.Flow)
+    process: diffusion.NoiseProcess  # the forward process: diffusion.DDPM or rectified flow (diffusion.Flow)
     latent_scale: float    # z_model = latent_scale · z_MDSA has unit variance
 
 
@@ -177,7 +179,8 @@ def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joi
     """Sample n clips. Returns (video B×3×T×S×S in [-1,1], wave B×N at cfg.sample_rate).
 
     how        the sampling choices (sampling.Sampling: sampler, steps, guidance scales, ...); the
-               ones left None follow what this denoiser was trained for (Sampling.for_model).
+               ones left None follow what this denoiser was trained for (Sampling.for_model,
+               run here unless the caller has resolved `how`).
     mode "a2v": `cond_wave` (N,) or (n, N) is given; its three audio planes are fixed, video is sampled.
     mode "v2a": `cond_video` (3×T×S×S) or (n×3×T×S×S) is given; its video planes are fixed, audio sampled.
     mode "joint" with how.resample_audio: after the joint sample, the audio is drawn again from
@@ -189,7 +192,8 @@ def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joi
     A single condition is shared by all n clips; a batch gives each clip its own. The returned clips
     carry the given modality itself, untouched, beside the generated one.
     """
-    cfg, dev, how = m.cfg, next(m.dit.parameters()).device, how.for_model(m.diffusion)
+    cfg, dev = m.cfg, next(m.dit.parameters()).device
+    how = how if how.resolved else how.for_model(m.process)
     shape = (n, cfg.latent_channels, len(VIDEO_PLANES), cfg.latent_size, cfg.latent_size)
     known = known_mask = given = None
     if mode in ("a2v", "v2a"):
@@ -204,10 +208,9 @@ def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joi
         y = (torch.as_tensor(label).long().expand(n) if label is not None else torch.arange(n) % cfg.num_classes).to(dev)
     elif label is not None:
         raise ValueError("this model is unconditional (trained with num_classes=0): drop --class")
-    noise = torch.randn(shape, generator=generator).to(dev)
-    run = functools.partial(sample_latent, m.diffusion, m.dit, shape, how, y=y, generator=generator,
+    run = functools.partial(sample_latent, m.process, m.dit, shape, how, y=y, generator=generator,
                             progress=progress)
-    z = run(known=known, known_mask=known_mask, noise=noise)
+    z = run(known=known, known_mask=known_mask)                 # the start noise drawn there, first
     if how.resample_audio and mode == "joint":                  # the Gibbs step: the video planes kept
         z = run(known=z, known_mask=VIDEO_PLANES.to(dev))
     video, audio = m.ae.decode(unstack_planes(z / m.latent_scale))  # undo the unit-variance scaling
@@ -216,26 +219,23 @@ def generate(m: Models, n: int, how: Sampling = Sampling(), *, mode: Mode = "joi
     return video, wave
 
 
-def sync_check(m: Models, items: list, how: Sampling, seed: int, batch_size: int) -> dict:
-    """Held-out sync-F1 of joint, A2V and V2A samples (sync.sync_metrics): {"joint_f1", "a2v_f1",
-    "v2a_f1"}. `items` are held-out dataset items (video, wave); each A2V / V2A clip is conditioned
-    on its own item. One generator seeded `seed` draws joint, then A2V, then V2A, in batches of
-    `batch_size`: what `evaluate.py --what gen,a2v,v2a` draws with the same seed, n, batch size
-    and sampling, so its figures are the same."""
-    from sync import sync_metrics                    # imported late: generation needs no detectors
-    gen, cfg, out = torch.Generator().manual_seed(seed), m.cfg, {}
-    for mode in ("joint", "a2v", "v2a"):
-        pairs = []
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
-            video, wave = generate(m, len(chunk), how, mode=mode, generator=gen,
-                                   cond_video=torch.stack([it["video"] for it in chunk]),
-                                   cond_wave=torch.stack([it["wave"] for it in chunk]),
-                                   label=torch.stack([it["label"] for it in chunk]) if cfg.num_classes and mode != "joint"
-                                   else None)
-            pairs += list(zip(video.float(), wave.float()))
-        out[f"{mode}_f1"] = sync_metrics(pairs, cfg.fps, cfg.sample_rate)["f1"]
-    return out
+def generate_heldout(m: Models, items: list, how: Sampling, mode: Mode, *, generator: torch.Generator,
+                     batch_size: int):
+    """`generate` over held-out dataset items: yields (video B×3×T×S×S, wave B×N) batches, float32
+    on the cpu, of `batch_size` clips (the last one smaller), len(items) clips in order.
+
+    mode "a2v" / "v2a": clip i is conditioned on items[i] (its "wave" / "video", and its "label"
+    when the model has classes). mode "joint": the items give only the count; labels cycle
+    through the classes as `generate` does. Every draw comes from `generator`, batch after batch,
+    so the same generator state, items, batch size and `how` give the same clips."""
+    how = how if how.resolved else how.for_model(m.process)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        stack = lambda key: torch.stack([item[key] for item in chunk])        # noqa: E731
+        given = {} if mode == "joint" else dict(cond_video=stack("video"), cond_wave=stack("wave"),
+                                                 label=stack("label") if m.cfg.num_classes else None)
+        video, wave = generate(m, len(chunk), how, mode=mode, generator=generator, **given)
+        yield video.float().cpu(), wave.float().cpu()
 
 
 def given_clips(given, mode: str, n: int) -> torch.Tensor:

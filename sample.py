@@ -57,7 +57,7 @@ def main(argv):
     models = load_models(out_dir, dev)
     cfg = models.cfg
     try:
-        how = Sampling(**chosen).for_model(models.diffusion)
+        how = Sampling(**chosen).for_model(models.process)   # resolved once: generate takes it as it is
     except ValueError as e:                          # its message starts with the setting's name
         raise SystemExit(f"--{e}") from None
     need(class_label < cfg.num_classes, f"--class {class_label}: the model has "

@@ -3,9 +3,9 @@ The reverse process: sampling the stacked latent from noise (PAPER.md §5).
 
   Sampling       every sampling choice with its default, in one place (sample.py, evaluate.py,
                  train.py's previews and pipeline.generate read it); a checkpoint's objective and
-                 noise-level mixture decide the choices it leaves open                     [ours]
+                 noise-level mixture decide the choices it leaves open (`for_model`, once a request) [ours]
   solve          the sampler as the papers write it: a plain loop over a denoiser function
-                 f(x, t) → prediction, one update per call on any path x_t = α_t·x0 + σ_t·ε:
+                 f(x, t, level) → prediction, one update per call on any path x_t = α_t·x0 + σ_t·ε:
                  DDIM (η; DDPM's ancestral sampler is η = 1) and Euler, DPM-Solver++(2M)
                  (Lu et al. 2022) in data-prediction form, its SDE form at η = 1             [ours]
   *_denoiser     f for each way to sample, where conditioning and guidance live:
@@ -16,9 +16,10 @@ The reverse process: sampling the stacked latent from noise (PAPER.md §5).
                  A2V / V2A "replace": the known planes re-noised at every step     [ours, MM-Diffusion]
                  with reconstruction guidance on the free planes                 [ours, Ho et al. 2022]
 
-A process (diffusion.Diffusion for DDPM, diffusion.Flow for rectified flow) supplies the path:
-`alpha_sigma(t)`, `x0_eps(x, prediction, t)`, the grid `levels(steps, grid)`, and how to call the
-model (`predict`, `model_time`). The steps are written once, in α and σ, for both.
+A process (diffusion.DDPM, or diffusion.Flow for rectified flow) supplies the path through the
+contract of diffusion.NoiseProcess: `alpha_sigma(level)`, `x0_eps(x, prediction, level)`, the grid
+`levels(steps, grid)`, and how to call the model (`predict`, `model_time`, `as_prediction`). The
+steps are written once, in α and σ, for both.
 """
 import math
 from dataclasses import dataclass, replace
@@ -35,9 +36,8 @@ Grid = Literal["time", "logsnr"]
 Conditioning = Literal["native", "replace"]
 SAMPLERS = {"ddpm": ("dpm++", "ddim", "ddpm"), "flow": ("dpm++", "euler")}   # by objective
 # Steps per run each sampler takes unless told otherwise. DPM-Solver++ at 10 is the fewest that keep
-# every sync target with the default denoiser (30 denoiser calls a joint clip; at 8 joint sync falls
-# below 0.95: RESULTS.md, "How many denoiser calls does a sounding clip need?"). Ancestral sampling,
-# first order with the most noise, needs the most.
+# every sync target with the default denoiser (RESULTS.md, "How many denoiser calls does a sounding
+# clip need?"). Ancestral sampling, first order with the most noise, needs the most.
 DEFAULT_STEPS = {"dpm++": 10, "ddim": 50, "ddpm": 250, "euler": 50}
 
 # ----------------------------------------------------------------------------------------------
@@ -68,11 +68,14 @@ class Sampling:
     guidance: float = 16.0             # replace: reconstruction guidance weight (0 = replacement alone)
     guide_above: float = 0.0           # cross-modal guidance only at levels at least this share of the way
                                        # to pure noise, one plain forward below (0 = at every step)
+    # Not a field (no setting, no part of equality): True only on what `for_model` returns; a
+    # `replace` of it is a new Sampling, unresolved again.
+    resolved = False
 
     def for_model(self, process) -> "Sampling":
-        """Every None decided by what the denoiser was trained on, checked. A denoiser trained with
-        independent or one-clean levels (process.mix) has seen one modality beside the other at
-        another level, which cross-modal guidance asks of it."""
+        """Every None decided by what the denoiser was trained on, checked; the result is
+        `resolved`. A denoiser trained with independent or one-clean levels (process.mix) has seen
+        one modality beside the other at another level, which cross-modal guidance asks of it."""
         for name, allowed in (("sampler", SAMPLERS[process.objective]), ("grid", get_args(Grid)),
                               ("conditioning", get_args(Conditioning))):
             value = getattr(self, name)
@@ -84,12 +87,12 @@ class Sampling:
             self, steps=self.steps or DEFAULT_STEPS[self.sampler],
             xmodal_cfg=self.xmodal_cfg if self.xmodal_cfg is not None else 4.0 if per_modality else 1.0,
             conditioning=self.conditioning or ("native" if process.mix[2] > 0 else "replace"))
-        most = getattr(process, "num_timesteps", 1000)     # DDPM's grid holds its training timesteps
-        if not 1 <= how.steps <= most:                     # messages start with the setting's name
-            raise ValueError(f"steps must be in 1..{most}, not {how.steps}")
+        if not 1 <= how.steps <= process.max_steps:        # messages start with the setting's name
+            raise ValueError(f"steps must be in 1..{process.max_steps}, not {how.steps}")
         for name in ("eta", "guidance", "cfg_scale", "xmodal_cfg", "guide_above"):
             if getattr(how, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, not {getattr(how, name)}")
+        object.__setattr__(how, "resolved", True)        # frozen: set once, here
         return how
 
 
@@ -100,7 +103,7 @@ def denoiser_forwards(process, how: Sampling, mode: str = "joint") -> int:
     one; the audio re-draw adds a V2A run. Reconstruction guidance ("replace") adds a backward pass
     a step, not counted here."""
     classes = 1 if how.cfg_scale != 1.0 else 0                     # the null-label copy
-    guided = sum(guides(process, how, t) for t in process.levels(how.steps, how.grid))
+    guided = sum(guides(process, how, level) for level in process.levels(how.steps, how.grid))
     if mode == "joint":
         joint = how.steps * (1 + classes) + 2 * guided
         return joint + (denoiser_forwards(process, how, "v2a") if how.resample_audio else 0)
@@ -109,9 +112,8 @@ def denoiser_forwards(process, how: Sampling, mode: str = "joint") -> int:
     return how.steps * (1 + classes)
 
 
-def guides(process, how: Sampling, t) -> bool:
-    """Whether cross-modal guidance acts at level t (a number or a `B` tensor of one level)."""
-    level = t[0].item() if torch.is_tensor(t) else t
+def guides(process, how: Sampling, level) -> bool:
+    """Whether cross-modal guidance acts at `level` (a number)."""
     return how.xmodal_cfg != 1.0 and process.share_of(level) >= how.guide_above
 
 
@@ -123,21 +125,25 @@ def guides(process, how: Sampling, t) -> bool:
 def solve(process, denoiser, x, how, randn, progress=False):
     """x at pure noise → x̂0 on the `how.steps` levels of `how.grid`: the paper's sampler.
 
-    denoiser(x, t) → the prediction (ε̂ for DDPM, v̂ for flow), for x `B×c×P×L×L` float32 at level
-    t `B` (every plane the solver moves is at t; a denoiser that holds some planes elsewhere, given
-    clean or a partner at pure noise, tells the model so itself). Each step is one call and one
-    update, DDIM / DDPM / Euler (`ddim_step`) or DPM-Solver++(2M) (`dpm_step`), to the next lower
-    level, and after the lowest to x̂0; randn() draws the steps' fresh noise."""
+    denoiser(x, t, level) → the prediction (ε̂ for DDPM, v̂ for flow), for x `B×c×P×L×L` float32
+    with every clip at one level: t `B` in process.level_dtype for the model, `level` the grid's
+    number itself, as the steps use it (every plane the solver moves is at it; a denoiser that holds some planes
+    elsewhere, given clean or a partner at pure noise, tells the model so itself). Each step is one
+    call and one update, DDIM / DDPM / Euler (`ddim_step`) or DPM-Solver++(2M) (`dpm_step`), to
+    the next lower level, and after the lowest to x̂0; the update's fresh noise is drawn here,
+    with randn()."""
     levels = process.levels(how.steps, how.grid)                  # ascending; the solver walks down
-    dtype = torch.long if isinstance(levels[0], int) else torch.float32   # DDPM indices or flow times
     history = None                                                # dpm++: the previous x̂0 and step in λ
     for i in tqdm(range(len(levels) - 1, -1, -1), disable=not progress, desc=how.sampler):
-        t, t_prev = levels[i], (levels[i - 1] if i > 0 else None)  # t_prev None: the step to x0
-        pred = denoiser(x, torch.full((x.shape[0],), t, device=x.device, dtype=dtype))
+        level, level_prev = levels[i], (levels[i - 1] if i > 0 else None)   # None: the step to x0
+        t = torch.full((x.shape[0],), level, device=x.device, dtype=process.level_dtype)
+        pred = denoiser(x, t, level)
         if how.sampler == "dpm++":
-            x, history = dpm_step(process, x, pred, t, t_prev, history, how.eta, randn)
+            x, noise_sd, history = dpm_step(process, x, pred, level, level_prev, history, how)
         else:
-            x = ddim_step(process, x, pred, t, t_prev, how.sampler, how.eta, randn)
+            x, noise_sd = ddim_step(process, x, pred, level, level_prev, how)
+        if noise_sd > 0:
+            x = x + noise_sd * randn()
     return x
 
 
@@ -146,17 +152,17 @@ def sample_latent(process, model, shape, how=Sampling(), *, y=None, known=None, 
                   noise=None, generator=None, progress=False):
     """Draw x0 of `shape` (B×c×P×L×L) from noise; returns float32.
 
-    how       a Sampling (its None fields follow the denoiser: `Sampling.for_model`).
+    how       a Sampling; resolved here (`Sampling.for_model`) unless the caller resolved it.
     y         class labels `B` for classifier-free guidance at how.cfg_scale.
     known, known_mask  A2V / V2A: `known` a clean latent of `shape`; `known_mask` a bool over the
               P plane axis (length P) or broadcastable to `shape`. How the model is told about the
               known planes is how.conditioning (`native_denoiser`, `replace_denoiser`); at the end
               they are exactly `known`. Without them the clip is joint (`joint_denoiser`).
-    noise     the starting x, at pure noise (else drawn from `generator`).
+    noise     the starting x, at pure noise (else drawn here, the one place it is drawn).
     generator every random draw (start noise, per-step noise, re-noised and pure-noise planes) comes
               from it, so one seed fixes the sample; it may live on another device.
     """
-    how = how.for_model(process)
+    how = how if how.resolved else how.for_model(process)
     if (known is None) != (known_mask is None):
         raise ValueError("sampling: pass `known` and `known_mask` together")
     params = model.parameters() if isinstance(model, torch.nn.Module) else ()   # a plain callable: cpu
@@ -183,48 +189,111 @@ def sample_latent(process, model, shape, how=Sampling(), *, y=None, known=None, 
     return x if known is None else torch.where(known_mask, known, x)   # the known planes, exactly
 
 
-# ---- the denoiser function of each way to sample: conditioning and guidance live here ----
+# ---- the denoiser function of each way to sample: conditioning and guidance live here. The
+# prediction (ε̂ or v̂) takes one batched forward of every copy a step needs; the guidance
+# combinations are linear, so they read the same for either ----
 
 def joint_denoiser(process, model, how, y, randn):
     """Joint generation: the model's prediction with classifier-free guidance on y, and with
-    how.xmodal_cfg ≠ 1 each modality also guided by the other (`joint_xmodal_prediction`)."""
-    def denoiser(x, t):
-        if guides(process, how, t):
-            return joint_xmodal_prediction(process, model, x, t, y, how.cfg_scale, how.xmodal_cfg, randn)
-        return process.predict(model, x, t, y, how.cfg_scale).float()
+    how.xmodal_cfg ≠ 1 (at the levels `guides` allows) cross-modal guidance [ours, after
+    UniDiffuser]: each modality's ε̂ is pushed away from the one it makes when the OTHER modality
+    is pure noise, ε̂_m = ε̂_m,u + s·(ε̂_m,c − ε̂_m,u), as classifier-free guidance does with a label,
+    the partner stream being the condition. Only a denoiser trained with independent noise levels
+    has seen the partner at pure noise. One forward of three copies (both at t; the video with the
+    audio at pure noise; the audio with the video at pure noise), four with class guidance, which
+    adds (cfg_scale − 1)·(ε̂_c − ε̂(∅)) as in `native_denoiser`."""
+    use_class = y is not None and how.cfg_scale != 1.0
+
+    def denoiser(x, t, level):
+        if not guides(process, how, level):
+            return process.predict(model, x, t, y, how.cfg_scale).float()
+        video = VIDEO_PLANES.to(x.device)[None, None, :, None, None]
+        pure, fresh = torch.full_like(t, process.pure_noise), randn()
+        xs = [x, torch.where(video, x, fresh), torch.where(video, fresh, x)]
+        ts = [torch.stack([t, t], 1), torch.stack([t, pure], 1), torch.stack([pure, t], 1)]
+        labels = [y, y, y]
+        if use_class:                                             # the null label, both at t
+            xs.append(x)
+            ts.append(ts[0])
+            labels.append(torch.full_like(y, model.null_label))
+        eps = forward_copies(process, model, xs, ts, None if y is None else labels)
+        alone = torch.where(video, eps[1], eps[2])                # each modality's ε̂ without its partner
+        out = alone + how.xmodal_cfg * (eps[0] - alone)
+        return out + (how.cfg_scale - 1.0) * (eps[0] - eps[3]) if use_class else out
     return denoiser
 
 
 def native_denoiser(process, model, how, y, randn, known, known_mask):
     """A2V / V2A with the known modality clean [ours, after UniDiffuser]: its planes are `known`
-    itself and the model hears t = 0 for them beside the free planes' t (`native_prediction`, with
-    cross-modal guidance against the known modality at pure noise). `known_mask` must select all
-    video planes or all audio planes: one t per modality."""
+    itself and the model hears t = 0 for them beside the free planes' t. With cross-modal guidance
+    (`guides`) a second copy sees fresh noise on the known modality at pure noise, and the free
+    planes' prediction is ε̂_u + s·(ε̂_c − ε̂_u); class guidance adds a copy with the null label and
+    (cfg_scale − 1)·(ε̂_c − ε̂(∅)). All copies go through one batched forward; with no guidance,
+    one plain forward. The known planes' prediction is not meaningful. `known_mask` must select
+    all video planes or all audio planes: one t per modality."""
     known_video = known_modality(known_mask)
+    use_class = y is not None and how.cfg_scale != 1.0
 
-    def denoiser(x, t):
+    def denoiser(x, t, level):
         x = torch.where(known_mask, known, x)                     # the known planes stay clean
-        scale = how.xmodal_cfg if guides(process, how, t) else 1.0
-        return native_prediction(process, model, x, t, y, how.cfg_scale, known_mask, known_video, scale, randn)
+        pair = lambda given: torch.stack([given, t] if known_video else [t, given], dim=1)  # noqa: E731 (→ B×2)
+        t_cond = pair(torch.zeros_like(t))
+        use_xmodal = guides(process, how, level)
+        xs, ts, labels = [x], [t_cond], [y]
+        if use_xmodal:                                            # the known modality at pure noise
+            xs.append(torch.where(known_mask, randn(), x))
+            ts.append(pair(torch.full_like(t, process.pure_noise)))
+            labels.append(y)
+        if use_class:                                             # the null label, the known planes kept
+            xs.append(x)
+            ts.append(t_cond)
+            labels.append(torch.full_like(y, model.null_label))
+        eps = forward_copies(process, model, xs, ts, None if y is None else labels)
+        if use_xmodal:
+            out = eps[1] + how.xmodal_cfg * (eps[0] - eps[1])
+            return out + (how.cfg_scale - 1.0) * (eps[0] - eps[2]) if use_class else out
+        if use_class:
+            return eps[1] + how.cfg_scale * (eps[0] - eps[1])     # class guidance alone, as `predict`
+        return eps[0]
     return denoiser
 
 
 def replace_denoiser(process, model, how, y, randn, known, known_mask):
     """A2V / V2A by replacement [ours, MM-Diffusion]: before every call the known planes are
-    q_sample(known, t) with fresh noise, so the model denoises the rest in agreement with them;
-    how.guidance > 0 adds reconstruction guidance [Ho et al. 2022] (`guided_prediction`): the free planes'
-    x̂0 moves by −(w·α_t/2)·∇ₓ‖x̂0[known] − known‖², towards what makes the model's own denoising of
-    the known planes agree with them. Replacement alone informs the free planes only through the
-    model's attention to the known ones, which a joint model may barely use; the gradient also
-    reaches them through the known planes' dependence on the free ones. how.xmodal_cfg does not
-    apply: the known planes are never shown at another level than the free ones."""
+    q_sample(known, t) with fresh noise, so the model denoises the rest in agreement with them.
+    how.guidance = w > 0 adds reconstruction guidance [Ho et al. 2022], one forward and one
+    backward pass: the free planes' x̂0 moves by −(w·α_t/2)·∇ₓ‖x̂0[known] − known‖², towards what
+    makes the model's own denoising of the known planes agree with them, and the prediction
+    returned is the one that gives this x̂0 at x. Replacement alone informs the free planes only
+    through the model's attention to the known ones, which a joint model may barely use; the
+    gradient also reaches them through the known planes' dependence on the free ones.
+    how.xmodal_cfg does not apply: the known planes are never shown at another level than the
+    free ones."""
 
-    def denoiser(x, t):
+    def denoiser(x, t, level):
         x = torch.where(known_mask, process.q_sample(known, t, randn()), x)
-        if how.guidance > 0:
-            return guided_prediction(process, model, x, t, y, how.cfg_scale, known, known_mask, how.guidance)
-        return process.predict(model, x, t, y, how.cfg_scale).float()
+        if how.guidance == 0:                                    # replacement alone
+            return process.predict(model, x, t, y, how.cfg_scale).float()
+        alpha, _ = process.alpha_sigma(level)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            pred = process.predict(model, x, t, y, how.cfg_scale).float()
+            x0 = process.x0_eps(x, pred, level)[0]
+            err = (x0 - known).pow(2).masked_fill(~known_mask, 0.0).sum()
+            grad, = torch.autograd.grad(err, x)
+        x, x0 = x.detach(), x0.detach()
+        # the free planes' x̂0 moved; the known planes are replaced anyway
+        moved = x0 - torch.where(known_mask, 0.0, 0.5 * how.guidance * alpha * grad)
+        return process.pred_of_x0(x, moved, level)
     return denoiser
+
+
+def forward_copies(process, model, xs, ts, labels):
+    """Copies of a batch through one forward: xs `B×c×P×L×L` each, ts their levels (`B×2`), labels
+    their `B` labels or None → their predictions in `x0_eps`'s form, float32, in order."""
+    outs = model(torch.cat(xs), process.model_time(torch.cat(ts)),
+                 None if labels is None else torch.cat(labels)).chunk(len(xs))
+    return [process.as_prediction(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
 
 
 def broadcast_known(known, known_mask, shape, device):
@@ -235,6 +304,7 @@ def broadcast_known(known, known_mask, shape, device):
     if known_mask.dim() == 1 and known_mask.shape[0] == shape[2]:
         known_mask = known_mask.reshape(1, 1, -1, *([1] * (len(shape) - 3)))  # over the P axis
     return known, known_mask.expand(shape)
+
 
 def known_modality(known_mask):
     """True if `known_mask` (`B×c×P×L×L` bool) selects exactly the video planes, False if exactly
@@ -254,112 +324,32 @@ def known_modality(known_mask):
                      f"{video.tolist()} or all audio planes, got {whole.tolist()}")
 
 
-# ---- the model's prediction (ε̂ or v̂) under conditioning and guidance: one batched forward of every
-# copy a step needs; the guidance combinations are linear, so they read the same for either ----
+# ---- one reverse step x_t → x_{t_prev}, given the prediction: the mean of x_{t_prev} and the
+# standard deviation of the fresh noise `solve` adds to it ----
 
-def native_prediction(process, model, x, t, y, cfg_scale, known_mask, known_video, xmodal_cfg, randn):
-    """The prediction for the free planes with the known modality clean (`native_denoiser`).
-
-    x `B×c×P×L×L` float32 with the known planes = the clean known latent, t `B` (the free planes'
-    level). The conditional copy sees t = 0 on the known modality; the cross-modal copy sees fresh
-    noise there at pure noise; the class copy the null label. All copies go through one batched
-    forward; with no guidance, one plain forward. The known planes' prediction is not meaningful."""
-    zero, pure = torch.zeros_like(t), torch.full_like(t, process.pure_noise)
-    pair = (lambda given: torch.stack([given, t] if known_video else [t, given], dim=1))  # → B×2
-    t_cond = pair(zero)
-    xs, ts, labels = [x], [t_cond], [y]
-    use_xmodal = xmodal_cfg != 1.0
-    use_class = y is not None and cfg_scale != 1.0
-    if use_xmodal:                                                # the known modality at pure noise
-        xs.append(torch.where(known_mask, randn(), x))
-        ts.append(pair(pure))
-        labels.append(y)
-    if use_class:                                                 # the null label, the known planes kept
-        xs.append(x)
-        ts.append(t_cond)
-        labels.append(torch.full_like(y, model.null_label))
-    if len(xs) == 1:
-        return process.as_prediction(model(x, process.model_time(t_cond), y), x, t_cond).float()
-    outs = model(torch.cat(xs), process.model_time(torch.cat(ts)),
-                 None if y is None else torch.cat(labels)).chunk(len(xs))
-    eps = [process.as_prediction(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
-    if use_xmodal:
-        out = eps[1] + xmodal_cfg * (eps[0] - eps[1])
-        if use_class:
-            out = out + (cfg_scale - 1.0) * (eps[0] - eps[2])
-    else:
-        out = eps[1] + cfg_scale * (eps[0] - eps[1])              # class guidance alone, as `predict`
-    return out
-
-def joint_xmodal_prediction(process, model, x, t, y, cfg_scale, xmodal_cfg, randn):
-    """Joint sampling's prediction with cross-modal guidance [ours, after UniDiffuser]: each modality's ε̂
-    is pushed away from the one it makes when the OTHER modality is pure noise, ε̂_m = ε̂_m,u +
-    s·(ε̂_m,c − ε̂_m,u), as classifier-free guidance does with a label, the partner stream being
-    the condition. Only a denoiser trained with independent noise levels has seen the partner at
-    pure noise. x `B×c×P×L×L` float32, t `B`. One forward of three copies (both at t; the video
-    with the audio at pure noise; the audio with the video at pure noise), four with class
-    guidance, which adds (cfg_scale − 1)·(ε̂_c − ε̂(∅)) as in native_prediction."""
-    video = VIDEO_PLANES.to(x.device)[None, None, :, None, None]
-    pure = torch.full_like(t, process.pure_noise)
-    fresh = randn()
-    xs = [x, torch.where(video, x, fresh), torch.where(video, fresh, x)]
-    ts = [torch.stack([t, t], 1), torch.stack([t, pure], 1), torch.stack([pure, t], 1)]
-    use_class = y is not None and cfg_scale != 1.0
-    if use_class:
-        xs.append(x)
-        ts.append(ts[0])
-    labels = None if y is None else torch.cat([y, y, y] + ([torch.full_like(y, model.null_label)] if use_class else []))
-    outs = model(torch.cat(xs), process.model_time(torch.cat(ts)), labels).chunk(len(xs))
-    eps = [process.as_prediction(o, xi, ti).float() for o, xi, ti in zip(outs, xs, ts)]
-    alone = torch.where(video, eps[1], eps[2])            # each modality's ε̂ without its partner
-    out = alone + xmodal_cfg * (eps[0] - alone)
-    if use_class:
-        out = out + (cfg_scale - 1.0) * (eps[0] - eps[3])
-    return out
-
-
-def guided_prediction(process, model, x, t, y, cfg_scale, known, known_mask, w):
-    """The prediction after reconstruction guidance (see `replace_denoiser`): one forward and one
-    backward pass. x, known `B×c×P×L×L` float32, known_mask bool of that shape, t `B` (one level)."""
-    level = t[0].item()                                           # one level for the whole batch
-    alpha, _ = process.alpha_sigma(level)
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        pred = process.predict(model, x, t, y, cfg_scale).float()
-        x0 = process.x0_eps(x, pred, level)[0]
-        err = (x0 - known).pow(2).masked_fill(~known_mask, 0.0).sum()
-        grad, = torch.autograd.grad(err, x)
-    x, x0 = x.detach(), x0.detach()
-    moved = x0 - torch.where(known_mask, 0.0, 0.5 * w * alpha * grad)  # the known planes are replaced anyway
-    return process.pred_of_x0(x, moved, level)                    # the prediction that gives this x̂0 at x
-
-
-# ---- one reverse step x_t → x_{t_prev}, given the prediction ----
-
-def ddim_step(process, x, pred, t, t_prev, sampler, eta, randn):
+def ddim_step(process, x, pred, t, t_prev, how):
     """One DDIM step x_t → x_{t_prev} on the path x = α·x0 + σ·ε (t_prev=None: the last step, to
-    x̂0): x_prev = α_prev·x̂0 + √(σ_prev² − s²)·ε̂ + s·z, s = η·(σ_prev/σ_t)·√(σ_t² − (α_t·σ_prev/α_prev)²).
-    η = 0 is deterministic; on the flow path it is exactly Euler's step x + (t_prev − t)·v̂ (sampler
-    "euler"). η = 1 (sampler "ddpm") draws from the posterior q(x_prev | x_t, x̂0): DDPM's
-    ancestral step."""
+    x̂0): returns (α_prev·x̂0 + √(σ_prev² − s²)·ε̂, s), the next x being that plus s·z with
+    s = η·(σ_prev/σ_t)·√(σ_t² − (α_t·σ_prev/α_prev)²). η = how.eta; sampler "euler" is η = 0,
+    deterministic, and on the flow path exactly Euler's step x + (t_prev − t)·v̂; sampler "ddpm"
+    is η = 1, a draw from the posterior q(x_prev | x_t, x̂0): DDPM's ancestral step."""
     x0, eps = process.x0_eps(x, pred, t)
     if t_prev is None:
-        return x0
-    eta = 1.0 if sampler == "ddpm" else 0.0 if sampler == "euler" else eta
+        return x0, 0.0
+    eta = 1.0 if how.sampler == "ddpm" else 0.0 if how.sampler == "euler" else how.eta
     alpha, sigma = process.alpha_sigma(t)
     alpha_prev, sigma_prev = process.alpha_sigma(t_prev)
     spread = eta * sigma_prev / sigma * math.sqrt(max(sigma ** 2 - (alpha * sigma_prev / alpha_prev) ** 2, 0.0))
-    x = alpha_prev * x0 + math.sqrt(max(sigma_prev ** 2 - spread ** 2, 0.0)) * eps
-    if spread > 0:
-        x = x + spread * randn()
-    return x
+    return alpha_prev * x0 + math.sqrt(max(sigma_prev ** 2 - spread ** 2, 0.0)) * eps, spread
 
 
-def dpm_step(process, x, pred, t, t_prev, history, eta, randn):
+def dpm_step(process, x, pred, t, t_prev, history, how):
     """One DPM-Solver++(2M) step x_t → x_{t_prev} (Lu et al. 2022, multistep, data prediction):
-    returns (x_{t_prev}, history for the next step).
+    returns (the mean of x_{t_prev}, the standard deviation of its fresh noise, history for the
+    next step).
 
-    With λ = log(α/σ) (−∞ at pure noise on the flow path), h = λ_prev − λ_t and x̂0 from `x0_eps`:
+    With λ = log(α/σ) (−∞ at pure noise on the flow path), h = λ_prev − λ_t, η = how.eta and x̂0
+    from `x0_eps`:
       x_prev = (σ_prev/σ_t)·e^(−ηh)·x_t + α_prev·(1 − e^(−(1+η)h))·D + σ_prev·√(1 − e^(−2ηh))·z
     η = 0 is the probability-flow ODE solver; η = 1 its SDE form (SDE-DPM-Solver++(2M), as
     diffusers' "sde-dpmsolver++"), whose first-order step is exactly DDPM's posterior step, the
@@ -369,25 +359,22 @@ def dpm_step(process, x, pred, t, t_prev, history, eta, randn):
     D = (1 + 1/(2r))·x̂0 − 1/(2r)·x̂0_before, r = h_before/h, afterwards: the second-order
     multistep correction. The last two steps are first order [ours]: the one into t = 0, whose
     λ-step on a grid uniform in t is several times the one before (where the 2M extrapolation
-    overshoots), and costs nothing measurable (a second-order step there moves the Gaussian test's
-    variance error by < 0.1%); and the one from the lowest level to clean (t_prev=None, σ = 0,
+    overshoots), and whose second-order form gains nothing measurable (RESULTS.md, "Which sampler
+    and how many steps?"); and the one from the lowest level to clean (t_prev=None, σ = 0,
     λ = ∞), which is x_0 = x̂0."""
     x0 = process.x0_eps(x, pred, t)[0]
     if t_prev is None:
-        return x0, None
+        return x0, 0.0, None
     (alpha, sigma), (alpha_prev, sigma_prev) = process.alpha_sigma(t), process.alpha_sigma(t_prev)
     lam = lambda a, s: math.log(a / s) if a > 0 else -math.inf    # noqa: E731 (α = 0: pure noise)
     h = lam(alpha_prev, sigma_prev) - lam(alpha, sigma)
     d = x0
-    # first order into t = 0 as well: that step is the last real one (σ_0 ≈ 0.01), and on a grid
-    # uniform in t its λ-step is several times the one before, where the 2M extrapolation
-    # (weight 1/(2r) on the older x̂0) overshoots
-    if history is not None and t_prev > 0 and math.isfinite(history[1]):
+    if history is not None and t_prev > 0 and math.isfinite(history[1]):   # first order into t = 0 too
         x0_before, h_before = history
         r = h_before / h
         d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_before
+    eta = how.eta
     decay = math.exp(-eta * h) if eta > 0 else 1.0               # e^(−ηh), 1 at η = 0 even for h = ∞
     x = (sigma_prev / sigma) * decay * x - alpha_prev * math.expm1(-(1 + eta) * h) * d
-    if eta > 0:
-        x = x + sigma_prev * math.sqrt(-math.expm1(-2 * eta * h)) * randn()
-    return x, (x0, h)
+    noise_sd = sigma_prev * math.sqrt(-math.expm1(-2 * eta * h)) if eta > 0 else 0.0
+    return x, noise_sd, (x0, h)

@@ -1,35 +1,24 @@
 """
 The first tests to read: the sizes of ProAV-DiT (config, §6), the stacked latent and STDiT (§4), and
-the diffusion process and its samplers (§5); test_diffusion.py goes further into §5. CPU only, the
-whole file in well under a minute.
+the forward process and its loss (§5); test_diffusion.py goes further into the forward processes,
+test_sampling.py into the samplers. CPU only, the whole file in well under a minute.
 
 Every test checks a number or an exact equality that a plausible bug would break: a wrong
-reshape breaks the round trip, a missing zero-init breaks the zero output, a sampler that ignores
-its noise or its mask breaks determinism or replacement, and a denoiser that cannot learn fails
-the overfitting test.
+reshape breaks the round trip, a missing zero-init breaks the zero output, a wrong v-conversion
+breaks the oracle's zero loss, and a denoiser that cannot learn fails the overfitting test.
 """
 import pytest
 import torch
 
 from config import PRESETS, get_config
-import diffusion as processes
-from diffusion import Diffusion, respaced_timesteps
-from sampling import Sampling, sample_latent
+import diffusion
+from conftest import randomized
+from diffusion import DDPM, respaced_timesteps
 from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_stdit, unstack_planes
 
 
-# A small denoiser for the sampler tests: the tiny latent (c=4, six 8×8 planes), fewer channels.
+# A small denoiser: the tiny latent (c=4, six 8×8 planes), fewer channels.
 SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2)
-
-
-def randomized(model, seed=0):
-    """Give the zero-initialised layers random weights, so the model's output is not trivially 0
-    and a sampler test can tell one code path from another."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 # ---- config (§6) ----
@@ -167,18 +156,18 @@ def test_unprojected_stdit_shapes(preset):
     assert model.frame_embed.shape[0] == 2 * t_prime
 
 
-# ---- diffusion (§5) ----
+# ---- the forward process and its loss (§5) ----
 
 def test_q_sample_ends():
-    diffusion = Diffusion(1000, "linear")
+    process = DDPM(1000, "linear")
     gen = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(8, 4, 6, 8, 8, generator=gen), torch.randn(8, 4, 6, 8, 8, generator=gen)
-    start = diffusion.q_sample(x0, torch.zeros(8, dtype=torch.long), noise)
+    start = process.q_sample(x0, torch.zeros(8, dtype=torch.long), noise)
     assert (start - x0).abs().max() < 0.02 * noise.abs().max()        # √(1−ᾱ_0) = √1e-4 = 0.01
-    end = diffusion.q_sample(x0, torch.full((8,), 999), noise)
+    end = process.q_sample(x0, torch.full((8,), 999), noise)
     assert abs(end.std().item() - 1.0) < 0.03
     assert abs(torch.corrcoef(torch.stack([end.flatten(), x0.flatten()]))[0, 1].item()) < 0.03
-    cosine = Diffusion(1000, "cosine")
+    cosine = DDPM(1000, "cosine")
     assert cosine.betas.max() <= 0.999 and cosine.alphas_cumprod[-1] < 1e-4
 
 
@@ -186,20 +175,20 @@ def test_q_sample_ends():
 def test_v_prediction_targets_and_conversion(schedule):
     # An oracle that knows x0 and ε: its v̂ gives zero v-loss, and predict turns it into ε exactly
     # (ε = √(1−ᾱ)·x_t + √ᾱ·v), so every sampler is shared with ε-prediction.
-    diffusion = Diffusion(1000, schedule, prediction="v")
+    process = DDPM(1000, schedule, prediction="v")
     x0, noise = torch.randn(4, 4, 6, 8, 8, dtype=torch.float64), torch.randn(4, 4, 6, 8, 8, dtype=torch.float64)
     t = torch.tensor([0, 250, 700, 999])
-    ab = diffusion.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
+    ab = process.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
     v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
     def oracle(x_t, t_, y=None):
         return v
 
-    assert diffusion.loss(oracle, x0, t=t, noise=noise).item() < 1e-20
-    x_t = diffusion.q_sample(x0, t, noise)
-    torch.testing.assert_close(diffusion.predict(oracle, x_t, t), noise, atol=1e-9, rtol=0)
+    assert process.loss(oracle, x0, t=t, noise=noise).item() < 1e-20
+    x_t = process.q_sample(x0, t, noise)
+    torch.testing.assert_close(process.predict(oracle, x_t, t), noise, atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match="prediction"):
-        Diffusion(1000, schedule, prediction="x0")
+        DDPM(1000, schedule, prediction="x0")
 
 
 def test_respaced_grid():
@@ -209,121 +198,34 @@ def test_respaced_grid():
         respaced_timesteps(1001, 1000)
 
 
-def test_ddim_eta0_is_deterministic_and_ddpm_runs():
-    cfg = get_config("tiny", **SMALL)
-    model, diffusion = randomized(STDiT(cfg)), processes.from_config(cfg)
-    shape = (2, *latent_shape(cfg))
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    run = lambda seed, eta: sample_latent(diffusion, model, shape,
-                                          Sampling(sampler="ddim", steps=8, eta=eta, xmodal_cfg=1.0),
-                                          noise=noise, generator=torch.Generator().manual_seed(seed))
-    assert torch.equal(run(0, 0.0), run(1, 0.0))                      # η=0 ignores the generator
-    assert not torch.allclose(run(0, 1.0), run(1, 1.0))               # η=1 does not
-    ddpm = sample_latent(diffusion, model, shape, Sampling(sampler="ddpm", steps=10, xmodal_cfg=1.0),
-                         noise=noise, generator=torch.Generator().manual_seed(2))
-    assert torch.isfinite(ddpm).all() and not torch.equal(ddpm, noise)
-    # ancestral DDPM with β̃ is DDIM at η=1 on the same grid and the same noise draws
-    ddim1 = sample_latent(diffusion, model, shape, Sampling(sampler="ddim", steps=10, eta=1.0, xmodal_cfg=1.0),
-                          noise=noise, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(ddpm, ddim1, rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_classifier_free_guidance(prediction):
     cfg = get_config("tiny", num_classes=3, prediction=prediction, **SMALL)
-    model, diffusion = randomized(STDiT(cfg)), processes.from_config(cfg)
+    model, process = randomized(STDiT(cfg)), diffusion.from_config(cfg)
     x, t, y = torch.randn(2, *latent_shape(cfg)), torch.tensor([50, 700]), torch.tensor([0, 2])
-    as_eps = lambda out: diffusion.predict(lambda *_: out, x, t)  # noqa: E731 (v̂ → ε̂; ε̂ stays)
+    as_eps = lambda out: process.predict(lambda *_: out, x, t)  # noqa: E731 (v̂ → ε̂; ε̂ stays)
     eps_c, eps_u = as_eps(model(x, t, y)), as_eps(model(x, t, torch.full_like(y, model.null_label)))
-    assert torch.equal(diffusion.predict(model, x, t, y, cfg_scale=1.0), eps_c)
-    torch.testing.assert_close(diffusion.predict(model, x, t, y, cfg_scale=4.0),
+    assert torch.equal(process.predict(model, x, t, y, cfg_scale=1.0), eps_c)
+    torch.testing.assert_close(process.predict(model, x, t, y, cfg_scale=4.0),
                                eps_u + 4.0 * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(diffusion.predict(model, x, t, y, cfg_scale=0.0), eps_u,
+    torch.testing.assert_close(process.predict(model, x, t, y, cfg_scale=0.0), eps_u,
                                rtol=1e-4, atol=1e-5)
-    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
-    guided = sample_latent(diffusion, model, x.shape,
-                           Sampling(sampler="ddim", steps=4, eta=0.0, cfg_scale=1.0, xmodal_cfg=1.0), y=y,
-                           noise=noise)
-    plain = sample_latent(diffusion, always_conditioned(model, y), x.shape,
-                          Sampling(sampler="ddim", steps=4, eta=0.0, xmodal_cfg=1.0), noise=noise)
-    assert torch.equal(guided, plain)                                 # scale 1 = the conditional model
-
-
-def always_conditioned(model, y):
-    """A label-free wrapper that always conditions on y: the reference for 'scale 1 = conditional'."""
-    class Conditioned(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = model
-
-        def forward(self, x, t, _y=None):
-            return self.inner(x, t, y)
-    return Conditioned()
-
-
-def test_known_planes_are_replaced_exactly():
-    cfg = get_config("tiny", **SMALL)
-    model, diffusion = randomized(STDiT(cfg)), processes.from_config(cfg)
-    shape = (2, *latent_shape(cfg))
-    gen = torch.Generator().manual_seed(4)
-    known, other = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
-    video_known = torch.tensor([True, True, True, False, False, False])  # V2A: video planes given
-    sample = lambda k: sample_latent(diffusion, model, shape,
-                                     Sampling(sampler="ddim", steps=5, eta=0.0, xmodal_cfg=1.0, conditioning="replace", guidance=0.0),
-                                     known=k, known_mask=video_known,
-                                     generator=torch.Generator().manual_seed(5))
-    out = sample(known)
-    assert torch.equal(out[:, :, :3], known[:, :, :3])
-    assert not torch.allclose(out[:, :, 3:], known[:, :, 3:])
-    # the generated audio planes depend on the given video planes (temporal attention sees them)
-    assert (sample(other)[:, :, 3:] - out[:, :, 3:]).abs().max() > 1e-3
-
-
-class VideoFollowsAudio(torch.nn.Module):
-    """A toy ε-denoiser that, like our trained tiny model, reads only one direction: its x̂0 of the
-    video planes is a copy of the audio planes' x̂0, which never looks at the video. Both are the
-    exact posterior mean √ᾱ·x_t of unit-Gaussian data, so deterministic DDIM maps noise to itself."""
-
-    def __init__(self, diffusion):
-        super().__init__()
-        self.diffusion, self.dummy = diffusion, torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t, y=None):
-        ab = self.diffusion._shaped(self.diffusion.alphas_cumprod.to(t.device)[t], x)
-        x0 = torch.cat([x[:, :, 3:], x[:, :, 3:]], dim=2) * ab.sqrt()
-        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-
-
-@pytest.mark.parametrize("sampler", ["ddim", "dpm++"])
-def test_reconstruction_guidance_reaches_the_planes_replacement_cannot(sampler):
-    diffusion = Diffusion(steps=1000)
-    model = VideoFollowsAudio(diffusion)
-    shape = (4, 2, 6, 3, 3)
-    gen = torch.Generator().manual_seed(6)
-    known, noise = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
-    video_known = torch.tensor([True, True, True, False, False, False])
-    miss = lambda w: (sample_latent(diffusion, model, shape,
-                                    Sampling(sampler=sampler, steps=20, eta=0.0, xmodal_cfg=1.0, conditioning="replace", guidance=w),
-                                    known=known, known_mask=video_known, noise=noise)[:, :, 3:] - known[:, :, :3]).pow(2).mean().item()
-    # replacement alone: the audio ignores the given video, so it misses it by ~2 (two unit draws);
-    # the gradient through the video's dependence on the audio pulls the audio onto it
-    assert miss(0.0) > 1.0
-    assert miss(1.0) < 0.05 * miss(0.0)
+    # and at scale 1 a sampler runs the conditional model: test_sampling.py
 
 
 def test_tiny_stdit_overfits_one_batch():
     torch.manual_seed(0)
     cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4)
-    model, diffusion = STDiT(cfg), processes.from_config(cfg)
+    model, process = STDiT(cfg), diffusion.from_config(cfg)
     gen = torch.Generator().manual_seed(6)
     x0 = torch.randn(2, *latent_shape(cfg), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
     t, y = torch.tensor([150, 600]), torch.tensor([0, 1])
     model.eval()                                                      # fixed batch: no label dropout
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    first = diffusion.loss(model, x0, y, t=t, noise=noise).item()
+    first = process.loss(model, x0, y, t=t, noise=noise).item()
     for _ in range(200):
-        loss = diffusion.loss(model, x0, y, t=t, noise=noise)
+        loss = process.loss(model, x0, y, t=t, noise=noise)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
