@@ -256,6 +256,7 @@ class MDSA(nn.Module):
     """
 
     grad_checkpoint = False
+    block_lists = ("enc_blocks", "dec_blocks")  # the transformer blocks (recipe.muon_params: Muon's matrices)
 
     def __init__(self, cfg):
         super().__init__()

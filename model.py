@@ -287,6 +287,7 @@ class STDiT(nn.Module):
     """
 
     grad_checkpoint = False
+    block_lists = ("blocks",)  # the transformer blocks (recipe.muon_params: Muon's matrices)
 
     def __init__(self, cfg, num_frames=len(PLANE_NAMES)):
         super().__init__()

@@ -1,5 +1,6 @@
 """The main job end to end at a toy size: train.py --stage ae|dit, resume, torchrun DDP, sample.py;
-and the settings mechanism all four scripts share (--help, typed values, one-line errors)."""
+recipe.py's optimizer split; and the settings mechanism all four scripts share (--help, typed values,
+one-line errors)."""
 import csv
 import os
 import subprocess
@@ -13,12 +14,15 @@ import torch
 
 import bench
 import evaluate
+import recipe
 import sample
 import train
+from autoencoder import MDSA
 from config import get_config
 from conftest import TOY, TOY_STEPS
 from data import BounceClick, load_clip, write_mp4
 import diffusion as processes
+from model import STDiT
 from sampling import Sampling, denoiser_forwards
 
 
@@ -48,6 +52,12 @@ def test_end_to_end_writes_mp4_with_1_6_s_of_sound(trained):
     assert sr == 16000 and len(wave) == 25600
     assert os.path.exists(os.path.join(trained, "samples", "grid.png"))
     assert os.path.exists(os.path.join(trained, "ae_log.csv")) and os.path.exists(os.path.join(trained, "dit_log.csv"))
+    # the toy run's previews (mp4 with sound + PNG grid, at its last step) and its one sync-check row
+    for name in (f"ae_{TOY_STEPS:06d}.mp4", f"ae_{TOY_STEPS:06d}.png", f"dit_{TOY_STEPS:06d}_0.mp4",
+                 f"dit_{TOY_STEPS:06d}.png"):
+        assert os.path.getsize(os.path.join(trained, "preview", name)) > 0, name
+    with open(os.path.join(trained, "dit_sync.csv")) as f:
+        assert [r["step"] for r in csv.DictReader(f)] == [str(TOY_STEPS)]
 
 
 def test_a2v_keeps_the_given_audio(trained, tmp_path):
@@ -74,10 +84,70 @@ def test_resume_is_exact(trained, tmp_path, stage, optimizer):
             os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
         for i, steps in enumerate(legs):
             train.main(["--stage", stage, "--max_steps", str(steps), "--out_dir", out, "--warmup_steps", "100",
-                        "--save_every", "2", "--optimizer", optimizer] + TOY + (["--resume"] if i else []))
+                        "--save_every", "2", "--optimizer", optimizer] + TOY
+                       + (["--resume"] if i else []))
         runs[name] = weights(os.path.join(out, f"{stage}.pt"))
     for k, v in runs["straight"].items():
         assert torch.allclose(v, runs["resumed"][k], atol=1e-6, rtol=0), k
+
+
+# the recipe: which weights Muon updates, and a torch without Muon
+MDSA_BLOCK_MATRICES = [f"{layer}.weight" for layer in (
+    "spatial_v.to_qkv", "spatial_v.out", "spatial_a.to_qkv", "spatial_a.out",
+    "temporal_v.to_qkv", "temporal_v.out", "temporal_a.to_qkv", "temporal_a.out",
+    "gcm.qkv_v", "gcm.qkv_a", "gcm.out_v", "gcm.out_a",
+    "biblock.qv_v", "biblock.kv_a", "biblock.out_v", "biblock.out_a",
+    "mlp_v.1", "mlp_v.3", "mlp_a.1", "mlp_a.3")]
+STDIT_BLOCK_MATRICES = [f"{layer}.weight" for layer in (
+    "spatial.qkv", "spatial.out", "temporal.qkv", "temporal.out", "mlp.0", "mlp.2", "modulation.1")]
+
+
+def test_muon_takes_the_block_matrices_of_both_models():
+    """recipe.muon_params picks the 2D weights inside each model's transformer blocks, in parameter
+    order: those of MDSA's encoder and decoder blocks (no name of which holds ".blocks."), and for the
+    STDiT exactly the weights, in the order, that matching ".blocks." in the name selects, so the DiT
+    recipe keeps its numbers. make_optimizer hands those to Muon and every other weight to AdamW."""
+    cfg = get_config("tiny")
+    ae, dit = MDSA(cfg), STDiT(cfg)
+    expected = {
+        ae: [f"{blocks}.{i}.{w}" for blocks in ("enc_blocks", "dec_blocks")
+             for i in range(getattr(cfg, f"ae_{blocks[:3]}_blocks")) for w in MDSA_BLOCK_MATRICES],
+        dit: [f"blocks.{i}.{w}" for i in range(cfg.dit_depth) for w in STDIT_BLOCK_MATRICES],
+    }
+    assert (len(expected[ae]), len(expected[dit])) == (40, 28)
+    assert [n for n, p in dit.named_parameters() if p.ndim == 2 and ".blocks." in f".{n}"] == expected[dit]
+    for model, names in expected.items():
+        matrices = recipe.muon_params(model)
+        assert [n for n, _ in matrices] == names, type(model).__name__
+        muon, adamw = recipe.make_optimizer(model, "muon", 1e-3).opts
+        assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+        assert [id(p) for p in muon.param_groups[0]["params"]] == [id(p) for _, p in matrices]
+        assert [id(p) for p in adamw.param_groups[0]["params"]] == \
+            [id(p) for n, p in model.named_parameters() if n not in names]
+        only, = recipe.make_optimizer(model, "adamw", 1e-3).opts
+        assert isinstance(only, torch.optim.AdamW)
+        assert len(only.param_groups[0]["params"]) == len(list(model.parameters()))
+    with pytest.raises(SystemExit, match=r"^--optimizer muon: Linear has no 2D weight matrices in transformer") as done:
+        recipe.make_optimizer(torch.nn.Linear(4, 4), "muon", 1e-3)
+    assert "\n" not in str(done.value)
+
+
+@pytest.mark.parametrize("stage, optimizer, asked", [("ae", "muon", "--optimizer muon"),
+                                                     ("dit", "auto", "--stage dit's default optimizer, Muon,")])
+def test_muon_without_torch_muon_stops_before_any_work(monkeypatch, tmp_path, stage, optimizer, asked):
+    """On a torch without torch.optim.Muon, `--optimizer muon` and the DiT's default (Muon) stop with
+    one line naming the release needed and the one installed, before the out_dir, the data or the
+    latents are touched; AdamW still builds."""
+    monkeypatch.delattr(torch.optim, "Muon")
+    monkeypatch.setattr(torch, "__version__", "2.8.0")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as done:
+        train.main(["--stage", stage, "--optimizer", optimizer, "--max_steps", "1", "--out_dir", str(out)] + TOY)
+    message = str(done.value)
+    assert message.startswith(f"{asked} needs torch>={recipe.MUON_TORCH}") and "\n" not in message
+    assert "torch 2.8.0" in message
+    assert not out.exists()
+    assert len(recipe.make_optimizer(MDSA(get_config("tiny")), "adamw", 1e-3).opts) == 1
 
 
 def test_torchrun_ddp_ranks_agree(tmp_path):
@@ -129,7 +199,8 @@ def test_latent_cache_follows_the_autoencoder_not_the_denoiser(trained, tmp_path
 
     train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out] + TOY)
     first = caches()
-    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out, "--cross_plane", "position"] + TOY)
+    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out, "--cross_plane", "position"]
+               + TOY)
     assert caches() == first and len(first) == 1
     os.remove(os.path.join(out, "ae.pt"))
     train.main(["--stage", "ae", "--max_steps", str(TOY_STEPS), "--out_dir", out, "--seed", "1"] + TOY)
@@ -206,6 +277,7 @@ def test_every_script_answers_help(script, capsys):
     (["--stage", "ae", "--device", "cuda:7"], "--device cuda:7"),
     (["--stage", "ae", "--device", "tpu"], "--device"),
     (["--stage", "ae", "--batch_size", "-1"], "--batch_size must be at least 1"),
+    (["--stage", "dit", "--sync_every", "-2"], "--sync_every must be ≥ 0, or -1 for none"),
 ])
 def test_train_bad_values_are_one_line(argv, message, tmp_path):
     with pytest.raises(SystemExit) as done:
@@ -239,8 +311,8 @@ def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_p
         torch.save(ck, tmp_path / f"{stage}.pt")
     models = load_models(str(tmp_path))
     assert (models.cfg.mix_equal, models.cfg.mix_independent, models.cfg.mix_clean) == (1.0, 0.0, 0.0)
-    assert models.diffusion.mix == (1.0, 0.0, 0.0)
-    how = Sampling().for_model(models.diffusion)
+    assert models.process.mix == (1.0, 0.0, 0.0)
+    how = Sampling().for_model(models.process)
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("replace", 1.0, False)
     how = Sampling().for_model(processes.from_config(get_config("tiny")))
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio, how.steps) == ("native", 4.0, False, 10)
@@ -253,7 +325,7 @@ def test_sampling_defaults_follow_the_checkpoint(trained, tmp_path):
     guidance switched off (the same seed writes the same files), and switching guidance on changes them."""
     out = str(tmp_path)
     os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
-    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out, "--preview_every", "0",
+    train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out,
                 "--mix_equal", "1", "--mix_independent", "0", "--mix_clean", "0"] + TOY)
 
     def clips(*extra):
@@ -279,7 +351,7 @@ def test_denoiser_forwards_counts_what_generate_runs(trained):
         rows.clear()
         generate(m, 2, how, mode=mode, cond_video=item["video"], cond_wave=item["wave"],
                  generator=torch.Generator().manual_seed(0))
-        assert sum(rows) == 2 * denoiser_forwards(m.diffusion, how.for_model(m.diffusion), mode), (how, mode)
+        assert sum(rows) == 2 * denoiser_forwards(m.process, how.for_model(m.process), mode), (how, mode)
 
 
 def test_sync_check_during_training_agrees_with_evaluate(trained, tmp_path):
@@ -287,8 +359,8 @@ def test_sync_check_during_training_agrees_with_evaluate(trained, tmp_path):
     checkpoint, clips, sampler and seed."""
     out = str(tmp_path)
     os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
-    train.main(["--stage", "dit", "--max_steps", "2", "--out_dir", out, "--preview_every", "0", "--sync_every", "1",
-                "--sync_clips", "4", "--sync_steps", "3"] + TOY)
+    train.main(["--stage", "dit", "--max_steps", "2", "--out_dir", out] + TOY
+               + ["--sync_every", "1", "--sync_clips", "4", "--sync_steps", "3"])
     with open(os.path.join(out, "dit_sync.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [r["step"] for r in rows] == ["1", "2"] and float(rows[1]["seconds"]) > float(rows[0]["seconds"]) >= 0

@@ -13,13 +13,14 @@ checkpoint, out/ae.pt or out/dit.pt, holding weights, EMA, optimizer, step, RNG 
 config; `--resume` continues exactly: batches are a pure function of (seed, step, rank), and the
 global torch RNG (noise, timesteps, dropouts) is restored, so N steps + resume + N steps = 2N steps.
 
-Reading order: the settings, the helpers (setup, data, optimisation, checkpoints, logging), then
-`train_ae` and `train_dit`, one function per stage, and `main`.
+The recipe (each stage's default steps, batch, learning rate and optimizer, Muon's weights, the
+schedule) lives in recipe.py, which bench.py shares. Reading order: the settings, the helpers
+(setup, data, optimisation, checkpoints, logging), then `train_ae` and `train_dit`, one function
+per stage, and `main`.
 """
 import copy
 import csv
 import hashlib
-import math
 import os
 import sys
 import time
@@ -37,19 +38,21 @@ from config import DIT_FIELDS, Config, Preset, config_fields, get_config, need, 
 from data import HELDOUT_SEED_OFFSET, BounceClick, VideoFolder, save_grid, write_mp4
 import diffusion
 from model import STDiT, stack_planes
-from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, load_checkpoint, load_weights,
-                      pick_device, save_checkpoint, sync_check)
+from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, generate_heldout, load_checkpoint,
+                      load_weights, pick_device, save_checkpoint)
+from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, lr_at, make_optimizer, require_muon
 from sampling import Sampling
+from sync import sync_metrics
 
 # ----------------------------------------------------------------------------- settings
 Stage = Literal["ae", "dit"]   # the two training stages, in order
-Optimizer = Literal["auto", "adamw", "muon"]  # what updates the weights (make_optimizer)
+Optimizer = Literal["auto", "adamw", "muon"]  # what updates the weights (recipe.make_optimizer)
 stage: Stage = "ae"    # "ae": train MDSA (§3); "dit": train the STDiT on its latents (§4)
 preset: Preset = "tiny"  # a name in config.PRESETS: "tiny" (CPU default) or "paper"
 data = ""              # "" = the embedded BounceClick; else a folder of .mp4/.mov/.mkv/.avi/.webm clips
 out_dir = "out"        # checkpoints, logs, previews and the latent cache
 resume = False         # continue out_dir/<stage>.pt exactly where it stopped
-max_steps = 0          # optimizer steps; 0 = the stage's default in STAGE_DEFAULTS
+max_steps = 0          # optimizer steps; 0 = the stage's default in recipe.STAGE_DEFAULTS
 batch_size = 0         # clips per step per process; 0 = the stage's default
 lr = 0.0               # peak learning rate (AdamW's, and Muon's in AdamW units); 0 = the stage's default
 optimizer: Optimizer = "auto"  # "adamw", or "muon": Muon for the blocks' weight matrices, AdamW for the rest;
@@ -58,28 +61,22 @@ warmup_steps = 0       # linear warm-up steps, then cosine decay to 10% of lr; 0
 grad_clip = 1.0        # global gradient-norm clip: one bad batch cannot wreck the run
 weight_decay = 0.0     # AdamW weight decay; none, as DiT
 ema_decay = 0.999      # STDiT weight EMA (sampling uses the EMA copy)
-train_clips = 4000     # BounceClick clips that form the training set (the DiT caches their latents)
+train_clips = TRAIN_CLIPS  # BounceClick clips that form the training set (the DiT caches their latents)
 eval_clips = 8         # held-out clips for the AE's PSNR and the previews
 log_every = 50         # steps between CSV log rows (the only reads of the loss back from the device)
-preview_every = 0      # steps between previews (mp4 with sound + PNG grid, the AE's held-out PSNR); 0 = only at the end
+preview_every = 0      # steps between previews (mp4 with sound + PNG grid, the AE's held-out PSNR); 0 = only at the
+                       # end, -1 = none
 save_every = 500       # steps between checkpoints (and one at the end)
-sync_every = 2000      # DiT: steps between quick held-out sync checks (out/dit_sync.csv); 0 = only at the end.
-                       # A check of 24 clips costs about 4% of the steps between two checks at tiny
+sync_every = 2000      # DiT: steps between quick held-out sync checks (out/dit_sync.csv); 0 = only at the end,
+                       # -1 = none. Their cost: RESULTS.md, "When does the denoiser learn sync?"
 sync_clips = 24        # DiT: held-out clips per sync check, each sampled joint, A2V and V2A
 sync_steps = 10        # DiT: denoiser steps per run in the sync check (the rest of the sampling as sample.py's)
 num_workers = 0        # DataLoader workers per process (0 suits 2 CPU cores; use ~8 per GPU)
 seed = 0               # weights, batches, noise: one seed fixes the run (each rank adds its rank)
 device = "auto"        # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
 compile = False        # torch.compile the model being trained
-grad_checkpoint = False  # recompute each STDiT/MDSA block in backward: same numbers, 10x less DiT activations, ~1.35x time
+grad_checkpoint = False  # recompute each STDiT/MDSA block in backward: same numbers, less memory, more time (BENCHMARKS.md)
 precision: Precision = "auto"  # "auto": bf16 autocast on GPUs and on CPUs with fast bf16 matmuls, else fp32
-
-STAGE_DEFAULTS = {     # the main job at tiny on 2 CPU cores: ~22 min with fast bf16, 38 min in fp32 (RESULTS.md)
-    # AdamW; 1,000 steps reach 33-36 dB held-out video PSNR, 600 fall short of 30 dB
-    "ae": dict(max_steps=1000, batch_size=8, lr=1e-3, warmup_steps=200, optimizer="adamw"),
-    # Muon reaches a given sync-F1 in about half of AdamW's steps; at 6,000 steps joint sync-F1 falls short of 0.95
-    "dit": dict(max_steps=8000, batch_size=32, lr=1.5e-3, warmup_steps=200, optimizer="muon"),
-}
 
 SETTINGS = settings_of(globals(), __file__)
 config_overrides = {}  # Config fields given on the command line (set by main)
@@ -179,65 +176,10 @@ def loader(ds, start_step: int):
 
 
 # ----------------------------------------------------------------------------- optimisation
-class Optimizers:
-    """Several torch optimizers stepped as one, each over its own parameters; `param_groups` lists all
-    their groups, so setting the learning rate reaches every one."""
-
-    def __init__(self, *opts):
-        self.opts = opts
-
-    @property
-    def param_groups(self) -> list:  # read each time: load_state_dict replaces an optimizer's group dicts
-        return [g for o in self.opts for g in o.param_groups]
-
-    def zero_grad(self, set_to_none=True):
-        for o in self.opts:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def step(self):
-        for o in self.opts:
-            o.step()
-
-    def state_dict(self) -> list:
-        return [o.state_dict() for o in self.opts]
-
-    def load_state_dict(self, states: list):
-        for o, s in zip(self.opts, states, strict=True):
-            o.load_state_dict(s)
-
-
-def is_block_matrix(name: str, p: torch.Tensor) -> bool:
-    """A 2D weight inside a transformer block (attention and MLP projections, adaLN): what Muon updates."""
-    return p.ndim == 2 and ".blocks." in f".{name}"
-
-
-def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused: bool = False) -> Optimizers:
-    """AdamW over every weight, or for kind "muon": Muon (momentum, then each update matrix
-    orthogonalised by Newton-Schulz) for the 2D weight matrices inside the transformer blocks, AdamW for
-    the embeddings, biases, norms, convolutions and output layers, as the nanoGPT speedruns split them.
-    Muon's update is rescaled to AdamW's RMS ("match_rms_adamw"), so one lr serves both."""
-    matrix, rest = [], []
-    for name, p in model.named_parameters():
-        (matrix if kind == "muon" and is_block_matrix(name, p) else rest).append(p)
-    adamw = torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
-    if not matrix:
-        return Optimizers(adamw)
-    muon = torch.optim.Muon(matrix, lr=lr, weight_decay=weight_decay, momentum=0.95, adjust_lr_fn="match_rms_adamw")
-    return Optimizers(muon, adamw)
-
-
-def lr_at(step: int) -> float:
-    """Linear warm-up, then cosine decay to 10%."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def optimizer_step(opt, params, loss, step) -> torch.Tensor:
     """Backward, clip, step; returns the gradient norm as a tensor (read back only when logged)."""
     for group in opt.param_groups:
-        group["lr"] = lr_at(step)
+        group["lr"] = lr_at(step, lr, warmup_steps, max_steps)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -341,8 +283,8 @@ class Meter:
 
 
 def due(step: int, every: int) -> bool:
-    """True every `every` steps (never when 0) and at the last step."""
-    return (every > 0 and step % every == 0) or step == max_steps
+    """True every `every` steps and at the last step; 0: only at the last step; -1: never."""
+    return every >= 0 and ((every > 0 and step % every == 0) or step == max_steps)
 
 
 # ----------------------------------------------------------------------------- stage 1: MDSA (§3)
@@ -381,7 +323,8 @@ def train_ae():
         bar.update(1)
         if due(step, log_every):
             values = [out[k].item() for k in terms]
-            csv_row(log_path, step, *values, lr_at(step - 1), grad_norm.item(), meter.rate())
+            csv_row(log_path, step, *values, lr_at(step - 1, lr, warmup_steps, max_steps), grad_norm.item(),
+                    meter.rate())
             bar.set_postfix(loss=f"{values[0]:.4f}")
         if due(step, save_every):
             save("ae.pt", {"stage": "ae", "config": cfg.to_dict(), "model": model.state_dict(),
@@ -471,7 +414,8 @@ def train_dit():
         step, meter.seen = step + 1, meter.seen + x0.shape[0] * world
         bar.update(1)
         if due(step, log_every):
-            csv_row(log_path, step, loss.item(), lr_at(step - 1), grad_norm.item(), meter.rate())
+            csv_row(log_path, step, loss.item(), lr_at(step - 1, lr, warmup_steps, max_steps), grad_norm.item(),
+                    meter.rate())
             bar.set_postfix(loss=f"{loss.item():.4f}", **synced)
         if due(step, save_every):
             save("dit.pt", {"stage": "dit", "config": cfg.to_dict(), "model": model.state_dict(),
@@ -488,17 +432,24 @@ def train_dit():
 
 
 def check_sync(models: Models, step: int, seconds: float) -> dict:
-    """Held-out sync-F1 of the EMA denoiser, joint / A2V / V2A on `sync_clips` held-out clips with
-    `sync_steps` steps (pipeline.sync_check: the figures `evaluate.py --what gen,a2v,v2a --n
-    sync_clips --batch_size sync_clips --steps sync_steps --seed 0` gives for this checkpoint),
-    appended to dit_sync.csv with the step and the stage's seconds so far; returns them for the bar."""
+    """Held-out sync-F1 (sync.sync_metrics) of the EMA denoiser's joint, A2V and V2A samples on
+    `sync_clips` held-out clips with `sync_steps` steps, one generator seeded 0 drawing the three
+    modes in turn (pipeline.generate_heldout): the figures `evaluate.py --what gen,a2v,v2a --n
+    sync_clips --batch_size sync_clips --steps sync_steps --seed 0` gives for this checkpoint.
+    Appended to dit_sync.csv with the step and the stage's seconds so far; returns them for the bar."""
     if not master:
         return {}
     held_out = BounceClick(models.cfg, sync_clips, seed + HELDOUT_SEED_OFFSET)
-    with amp:
-        f1 = sync_check(models, [held_out[i] for i in range(sync_clips)], Sampling(steps=sync_steps), 0, sync_clips)
-    csv_row(os.path.join(out_dir, "dit_sync.csv"), step, round(seconds, 1), f1["joint_f1"], f1["a2v_f1"], f1["v2a_f1"])
-    return {mode: f"{f1[f'{mode}_f1']:.3f}" for mode in ("joint", "a2v", "v2a")}
+    items = [held_out[i] for i in range(sync_clips)]
+    gen, f1 = torch.Generator().manual_seed(0), {}
+    for mode in ("joint", "a2v", "v2a"):
+        with amp:
+            pairs = [pair for video, wave in generate_heldout(models, items, Sampling(steps=sync_steps), mode,
+                                                              generator=gen, batch_size=sync_clips)
+                     for pair in zip(video, wave)]
+        f1[mode] = sync_metrics(pairs, models.cfg.fps, models.cfg.sample_rate)["f1"]
+    csv_row(os.path.join(out_dir, "dit_sync.csv"), step, round(seconds, 1), f1["joint"], f1["a2v"], f1["v2a"])
+    return {mode: "none" if v is None else f"{v:.3f}" for mode, v in f1.items()}  # None: no events to score
 
 
 def cached_latents(ae: MDSA, cfg: Config, ae_file: str):
@@ -551,16 +502,21 @@ def main(argv):
     global config_overrides
     values, config_overrides = parse_cli(argv, SETTINGS, doc=__doc__, fields=config_fields())
     globals().update(values)
+    optimizer_by_default = optimizer == "auto"
     for k, v in STAGE_DEFAULTS[stage].items():  # 0 or "auto" = the stage's default
         if globals()[k] in (0, "auto"):
             globals()[k] = v
     for name in ("max_steps", "batch_size", "warmup_steps", "train_clips", "eval_clips", "log_every", "save_every",
                  "sync_clips", "sync_steps"):
         need(globals()[name] >= 1, f"--{name} must be at least 1, not {globals()[name]}")
-    for name in ("preview_every", "sync_every", "num_workers", "weight_decay"):
+    for name in ("preview_every", "sync_every"):
+        need(globals()[name] >= -1, f"--{name} must be ≥ 0, or -1 for none, not {globals()[name]}")
+    for name in ("num_workers", "weight_decay"):
         need(globals()[name] >= 0, f"--{name} must be ≥ 0, not {globals()[name]}")
     need(lr > 0 and grad_clip > 0, f"--lr and --grad_clip must be > 0, not {lr} and {grad_clip}")
     need(0 <= ema_decay < 1, f"--ema_decay must be in [0, 1), not {ema_decay}")
+    if optimizer == "muon":  # before any work: an older torch has no torch.optim.Muon
+        require_muon(f"--stage {stage}'s default optimizer, Muon," if optimizer_by_default else "--optimizer muon")
     setup()
     try:
         train_ae() if stage == "ae" else train_dit()
