@@ -8,6 +8,8 @@ Inside this file T' is written T. The einops patterns use these letters, plus H 
 channels, n a sequence's length and, in GCM-Attn, k groups of g frames (T = k·g).
 
   `attention`                 one multi-head SDPA call; every module below goes through it     [ours]
+  `sdpa`, `fused_only`        its kernel choice by device and precision, and the switch that   [ours]
+                              forces the fused kernel everywhere (memory counts)
   `SpatialSelfAttention`      self-attention among the Q tokens of each frame                  [ours]
   `MTSelfAttn`                multi-scale temporal self-attention, scales ×1 ×2 ×4            [paper]
                               (avg-pool in time, attend, repeat back, softmax-weighted fusion:  [ours])
@@ -21,6 +23,8 @@ update`; the caller adds it. MT-SelfAttn, GCM-Attn and Bi-Block start as the ide
 projections (or gates) are zero-initialised, so a freshly built block returns an update of exactly 0
 and training grows the new paths from a working residual stream (the adaLN-Zero idea of DiT).
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -48,17 +52,35 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     return rearrange(out, "... H n d -> ... n (H d)").reshape(q.shape)  # heads merged, q's axes back
 
 
+_fused_only = False  # set inside `fused_only()`: sdpa takes the fused kernel on every device
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(QKᵀ/√d)V on `B'×H×n×d` tensors: `F.scaled_dot_product_attention`, except bf16 on CPU.
 
     There the fused CPU kernel is slower than two batched matmuls on our short sequences (6 to 64
     tokens; the figures are in BENCHMARKS.md), so the product is written out. The logits are small
-    (≤ 64×64 per head) and the softmax runs in fp32.
+    (≤ 64×64 per head) and the softmax runs in fp32. Inside `fused_only()` the fused kernel runs
+    there too.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and not _fused_only:
         weights = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
         return weights.softmax(-1).to(v.dtype) @ v
     return F.scaled_dot_product_attention(q, k, v)
+
+
+@contextlib.contextmanager
+def fused_only():
+    """Inside: every `sdpa` call, of MDSA and STDiT alike, is `F.scaled_dot_product_attention`, the
+    kernel a GPU runs, also for bf16 on a CPU. That kernel saves q, k, v, the output and the
+    log-sum-exp for backward, never the n×n weights, so a CPU's memory count (memory.py) predicts a
+    GPU's. Keep it open through backward, where checkpointed blocks run their forward again."""
+    global _fused_only
+    was, _fused_only = _fused_only, True
+    try:
+        yield
+    finally:
+        _fused_only = was
 
 
 def _zero(linear: nn.Linear) -> nn.Linear:

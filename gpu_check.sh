@@ -23,13 +23,18 @@ step train_ae 60 torchrun --standalone --nproc_per_node 1 train.py --stage ae --
 step train_dit 90 python3 train.py --stage dit --max_steps 100 --out_dir "$OUT/run" --train_clips 1024 \
   --log_every 50 --preview_every 0 --num_workers 6 --compile true
 step sample 40 python3 sample.py --out_dir "$OUT/run" --n 8
-# 2. Costs and speed at both presets, bf16 eager; at `paper` also one clip with DPM-Solver++-20 against
-#    DDIM-50, the flash-attention check, and the sampling forward alone compiled (bench.gpu_sampling_checks).
-step bench 300 python3 bench.py --device cuda --repeats 3 --out_dir "$OUT/bench_gpu"
+# sample.py's default V2A path: the video of a joint sample just written given, its audio drawn anew
+cp "$OUT/run/samples/000.mp4" "$OUT/cond.mp4" 2>/dev/null
+step sample_v2a 40 python3 sample.py --out_dir "$OUT/run" --n 4 --mode v2a --cond "$OUT/cond.mp4"
+# 2. Costs and speed at both presets, bf16 eager: the default run's training FLOPs; timed training steps
+#    and sampling as sample.py samples (its default joint and V2A clips, and DDIM-50); at `paper` also
+#    the flash-attention check, one clip's denoiser calls with the default sampling against DDIM-50,
+#    and the default's sampling forward compiled (bench.gpu_sampling_checks).
+step bench 360 python3 bench.py --device cuda --repeats 3 --out_dir "$OUT/bench_gpu"
 cat "$OUT"/bench_gpu/bench.md
 # 3. Memory of one training step per stage, preset and batch (1, 4, 16), with and without --grad_checkpoint:
 #    CUDA max_memory_allocated beside the saved-for-backward count; then checkpointing's cost in step time
-#    (bench.memory_tables; the FLOP and tiny tables it also prints are cheap).
+#    (memory.py, through bench.py --memory true; the FLOP and tiny tables it also prints are cheap).
 step memory 240 python3 bench.py --device cuda --memory true --presets tiny --timed tiny --repeats 3 \
   --out_dir "$OUT/bench_memory"
 sed -n '/^Memory of one training step/,$p' "$OUT"/bench_memory/bench.md

@@ -1,34 +1,31 @@
-"""Activation checkpointing (`grad_checkpoint`, train.py) and the memory count behind bench.py's
-memory table. CPU only, a few seconds.
+"""Activation checkpointing (`grad_checkpoint`, train.py) and the memory count of memory.py behind
+`bench.py --memory true`. CPU only, a few seconds.
 
 Checkpointing must change memory and nothing else: a seeded training step gives bit-identical
 losses and gradients with it and without (torch.equal; the recomputed forward runs the same kernels
 on the same inputs, so no tolerance is needed), random draws inside a recomputed block replay, the
-global RNG ends where it would have, and the bytes autograd keeps for backward shrink.
+global RNG ends where it would have, and the bytes autograd keeps for backward shrink. The memory
+rows force the fused attention kernel through `attention.fused_only()` and measure each row in a
+fresh process.
 """
+import contextlib
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import attention
 import diffusion
 import model as model_module
 from autoencoder import MDSA
-from bench import SavedForBackward
 from config import get_config
+from conftest import randomized
+from memory import SavedForBackward, measured_row, memory_row
 from model import STDiT, latent_shape
 
 SMALL_DIT = dict(dit_width=32, dit_depth=4, dit_heads=2)
 SMALL_AE = dict(ae_channels=16, ae_heads=2, ae_enc_blocks=2, ae_dec_blocks=2)
-
-
-def randomized(model, seed=0):
-    """Random weights in the zero-initialised layers too (adaLN-Zero gates, zero output projections),
-    so every path carries a gradient that a wrong recomputation would change."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.train()
 
 
 def dit_case(**overrides):
@@ -36,7 +33,7 @@ def dit_case(**overrides):
     and, with num_classes, label dropout."""
     cfg = get_config("tiny", **SMALL_DIT, **overrides)
     torch.manual_seed(0)
-    dit, process = randomized(STDiT(cfg)), diffusion.from_config(cfg)
+    dit, process = randomized(STDiT(cfg)).train(), diffusion.from_config(cfg)
     z = torch.randn(3, *latent_shape(cfg))
     y = torch.tensor([0, 1, 2]) if cfg.num_classes else None
     return dit, lambda: process.loss(dit, z, y)
@@ -46,7 +43,7 @@ def ae_case(**overrides):
     """(MDSA, loss_fn) at a small width; the loss draws cross-modal dropout and the posterior samples."""
     cfg = get_config("tiny", **SMALL_AE, **overrides)
     torch.manual_seed(0)
-    ae = randomized(MDSA(cfg))
+    ae = randomized(MDSA(cfg)).train()
     video = torch.rand(2, 3, cfg.frames, cfg.image_size, cfg.image_size) * 2 - 1
     audio = torch.rand(2, 1, cfg.frames, cfg.n_mels, cfg.mel_width) * 2 - 1
     return ae, lambda: ae.loss(video, audio)["loss"]
@@ -156,3 +153,43 @@ def test_no_recomputation_outside_training(monkeypatch):
         dit(x, t)                                    # train mode, no grad
     dit.eval()
     dit(x, t).sum().backward()                       # eval mode, grad (reconstruction guidance)
+
+
+def test_fused_only_switches_sdpa_to_the_fused_kernel_and_back():
+    """bf16 on a CPU: sdpa writes the product out, except inside fused_only(), where it is exactly
+    F.scaled_dot_product_attention; the switch ends with the block, also when it raises."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 16, 8, generator=gen).bfloat16() for _ in range(3))
+    fused = F.scaled_dot_product_attention(q, k, v)
+    written_out = attention.sdpa(q, k, v)
+    assert not torch.equal(written_out, fused)
+    with attention.fused_only():
+        assert torch.equal(attention.sdpa(q, k, v), fused)
+        assert torch.equal(model_module.sdpa(q, k, v), fused)    # the STDiT's import is the same function
+    with pytest.raises(RuntimeError), attention.fused_only():
+        raise RuntimeError
+    assert torch.equal(attention.sdpa(q, k, v), written_out)
+
+
+def test_fused_kernel_saves_less_than_the_written_out_one():
+    """The switch reaches every attention of the STDiT: a bf16 step saves less for backward inside
+    fused_only() (no n×n weights) and gives the same loss within bf16 rounding."""
+    dit, loss_fn = dit_case()
+    dit.grad_checkpoint = False
+    counts, losses = {}, {}
+    for kernel, switch in (("as_run", contextlib.nullcontext), ("fused", attention.fused_only)):
+        torch.manual_seed(1)
+        with switch(), SavedForBackward(dit, dit.blocks) as saved, torch.autocast("cpu", dtype=torch.bfloat16):
+            losses[kernel] = loss_fn().float()
+        counts[kernel] = saved.bytes()["total"]
+    assert counts["fused"] < counts["as_run"]
+    assert losses["fused"].item() == pytest.approx(losses["as_run"].item(), rel=0.02)
+
+
+def test_a_memory_row_in_a_fresh_process_counts_what_this_one_does(monkeypatch):
+    """measured_row runs memory_row in a new Python process (importing memory.py, not a script);
+    the saved-for-backward count is deterministic, so it matches this process's to the byte."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")       # the new process runs one thread, as the tests do
+    args = ("dit", "tiny", 1, True, "cpu", "fp32", "fused")
+    there, here = measured_row(args, torch.device("cpu")), memory_row(*args)
+    assert there["total"] == here["total"] > 0 and there["grads"] == here["grads"] > 0
