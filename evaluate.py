@@ -11,7 +11,9 @@ Writes out/eval.json (every number with its protocol), out/report.html (+ out/re
 their sync timelines, the training curves; report.py) and prints a summary. `--help` lists the settings.
 
 FVD / KVD / FAD come from metrics.py: a user-supplied feature network, and `null` with the reason
-when there is none, never 0. The file, top to bottom:
+when there is none, never 0. Each given network runs once on 2 clips before any part does: a file
+that is no network, or whose input or output does not fit, stops the run with one line.
+The file, top to bottom:
 1. The parts, one function each over one shared `Context`: eval_ae (PSNR per modality, log-spectral
    distance of the inverted audio, sync of the reconstructions), eval_gen (joint samples),
    eval_conditional (A2V / V2A from held-out clips), eval_xmodal (does the denoiser read the other
@@ -39,7 +41,8 @@ from data import HELDOUT_SEED_OFFSET, VIDEO_EXTENSIONS, BounceClick, VideoFolder
 from sampling import Sampling
 from metrics import FLAGS, distribution_metrics, file_sha256, load_networks
 from model import VIDEO_PLANES, stack_planes
-from pipeline import Precision, autocast, generate, load_checkpoint, load_models, load_weights, pick_device
+from pipeline import (Precision, autocast, generate, generate_heldout, load_checkpoint, load_models, load_weights,
+                      pick_device)
 from report import sync_text, write_report
 from sync import sync_metrics
 
@@ -93,6 +96,7 @@ class Context:
     fvd_n: int
     files: list                   # --samples' mp4 files, or None
     gen: torch.Generator          # every sampling draw
+    nets: dict = field(default_factory=dict)       # {kind: metrics.FeatureNet, or why it is missing} (fvd)
     kept: list = field(default_factory=list)       # generated (video, wave) pairs, the first n
     networks: dict = field(default_factory=dict)   # protocol entries of the feature networks
     shown: dict = field(default_factory=dict)      # {"real", "reconstruction", "joint", "a2v", "v2a"}: report clips
@@ -193,7 +197,7 @@ def models(ctx):
             ctx.cache["models"] = NotRun(str(e))
         else:
             try:
-                ctx.how = ctx.how.for_model(ctx.cache["models"].diffusion)
+                ctx.how = ctx.how.for_model(ctx.cache["models"].process)
             except ValueError as e:                  # its message starts with the setting's name
                 raise SystemExit(f"--{e}") from None
     if isinstance(ctx.cache["models"], NotRun):
@@ -212,10 +216,10 @@ def cannot_generate(ctx):
     return None
 
 
-def sample(ctx, k, **kw):
-    """k clips from the models with the sampling choices; kw: mode, cond_video, cond_wave, label."""
+def sample(ctx, k):
+    """k joint clips from the models with the sampling choices."""
     with autocast(ctx.device, precision):
-        video, wave = generate(models(ctx), k, ctx.how, generator=ctx.gen, **kw)
+        video, wave = generate(models(ctx), k, ctx.how, generator=ctx.gen)
     return video.float().cpu(), wave.float().cpu()
 
 
@@ -304,16 +308,13 @@ def eval_conditional(ctx, mode) -> dict:
     each of the n held-out clips; "generated_shuffled" pairs clip i's output with clip i+1's input."""
     if ctx.data:
         raise NotRun(NO_SYNC)
-    m, pairs, items = models(ctx), [], real_items(ctx)
+    pairs, items = [], real_items(ctx)
     bar = progress(mode, len(items))
-    for i in range(0, len(items), batch_size):  # each clip of a batch conditioned on its own held-out clip
-        chunk = items[i:i + batch_size]
-        video, wave = sample(ctx, len(chunk), mode=mode,
-                             cond_video=torch.stack([it["video"] for it in chunk]),
-                             cond_wave=torch.stack([it["wave"] for it in chunk]),
-                             label=torch.stack([it["label"] for it in chunk]) if m.cfg.num_classes else None)
-        pairs += list(zip(video, wave))
-        bar.update(len(chunk))
+    with autocast(ctx.device, precision):           # each clip conditioned on its own held-out clip
+        for video, wave in generate_heldout(models(ctx), items, ctx.how, mode, generator=ctx.gen,
+                                            batch_size=batch_size):
+            pairs += list(zip(video, wave))
+            bar.update(len(video))
     bar.close()
     ctx.shown[mode] = pairs[:report_clips]
     return dict(reason=None, n_clips=len(pairs), conditioning=ctx.how.conditioning,
@@ -333,7 +334,7 @@ def eval_xmodal(ctx) -> dict:
     gen = torch.Generator().manual_seed(seed)
     keys = [f"{who}_{pairing}" for who in ("audio", "video") for pairing in ("matched", "shuffled")]
     mse, clean_mse = {k: [] for k in keys}, {k: [] for k in keys}
-    steps = [m.diffusion.level_at(f) for f in XMODAL_T]
+    steps = [m.process.level_at(f) for f in XMODAL_T]
     bar = progress("xmodal", len(steps) * len(z))
     for step in steps:
         t = torch.full((len(z),), step, device=ctx.device)
@@ -344,7 +345,7 @@ def eval_xmodal(ctx) -> dict:
             given_clean = torch.stack([t, 0 * t] if who == "video" else [0 * t, t], dim=1)        # B×2
             for pairing, other in (("matched", z), ("shuffled", z.roll(1, 0))):
                 both = torch.where(own, z, other)
-                x_t = m.diffusion.q_sample(both, t, noise)
+                x_t = m.process.q_sample(both, t, noise)
                 mse[f"{who}_{pairing}"].append(eps_error(ctx, x_t, t, noise, own, step))
                 if m.cfg.mix_clean > 0:
                     clean_mse[f"{who}_{pairing}"].append(eps_error(ctx, torch.where(own, x_t, both), given_clean,
@@ -376,17 +377,21 @@ def eps_error(ctx, x, t, noise, own, level) -> float:
     (`x0_eps`), so DDPM and flow models are measured in the same units."""
     m = models(ctx)
     with autocast(ctx.device, precision):
-        pred = torch.cat([m.diffusion.predict(m.dit, x[i:i + batch_size], t[i:i + batch_size]).float()
+        pred = torch.cat([m.process.predict(m.dit, x[i:i + batch_size], t[i:i + batch_size]).float()
                           for i in range(0, len(x), batch_size)])
-    eps = m.diffusion.x0_eps(x, pred, level)[1]
+    eps = m.process.x0_eps(x, pred, level)[1]
     return (eps - noise).masked_select(own.expand_as(eps)).pow(2).mean().item()
+
+
+def network_files() -> dict:
+    """The feature network files by kind: --i3d (video) and --audio_net (audio), None when not given."""
+    return {"video": i3d or None, "audio": audio_net or None}
 
 
 @torch.no_grad()
 def eval_fvd(ctx) -> dict:
     """FVD, KVD (--i3d) and FAD (--audio_net): fvd_n generated vs fvd_n held-out real clips (§7)."""
-    paths = {"video": i3d or None, "audio": audio_net or None}
-    nets = load_networks(paths, ctx.device)
+    paths, nets = network_files(), ctx.nets
     for kind, net in nets.items():
         missing = isinstance(net, str)
         ctx.networks[kind] = dict(flag=FLAGS[kind], file=paths[kind], sha256=None if missing else net.sha256,
@@ -436,9 +441,12 @@ def main(argv=None):
     need(not set(parts) - set(PARTS),
          f"--what: unknown part(s) {', '.join(sorted(set(parts) - set(PARTS)))}; choose from {', '.join(PARTS)}")
     need(n >= 2, f"--n must be at least 2 (shuffled pairs need another clip), not {n}")
-    need(batch_size >= 1 and fvd_n >= 0 and report_clips >= 0,
-         "--batch_size must be ≥ 1, --fvd_n and --report_clips ≥ 0")
+    need(batch_size >= 1 and report_clips >= 0, "--batch_size must be ≥ 1 and --report_clips ≥ 0")
+    need(fvd_n == 0 or fvd_n >= 2, f"--fvd_n must be 0 (the default) or at least 2 (a covariance needs two "
+                                   f"clips), not {fvd_n}")
     ctx, results = make_context(Sampling(**chosen), pick_device(device)), {}
+    if "fvd" in parts:                               # a network that does not fit stops here, before any clip
+        ctx.nets = load_networks(network_files(), ctx.device, ctx.cfg)
     cannot_generate(ctx)                             # loads the models: a bad sampling value stops here
     for part in PARTS:
         if part in parts:

@@ -6,7 +6,8 @@ FVD, KVD and FAD with a feature network the user supplies (PAPER.md §7).
   kernel_distance       [paper: KVD] unbiased MMD² with the cubic polynomial kernel (xᵀy/d + 1)³,
                         averaged over random subsets as KID does [ours]
   FeatureNet            [ours] a TorchScript (or torch.export) file the user supplies: I3D for video,
-                        an audio embedding network for audio; its SHA-256 goes into every result
+                        an audio embedding network for audio; its SHA-256 goes into every result;
+                        run once on a batch of 2 clips before use (load_networks with a config)
   protocol              [ours] what every number states: network, counts, split, frames, fps,
                         resolution, sample rate
   distribution_metrics  both sets read once, every loaded network fed the same batch: what
@@ -14,11 +15,15 @@ FVD, KVD and FAD with a feature network the user supplies (PAPER.md §7).
 
 This code downloads no weights: the user supplies each network as a TorchScript file. A missing
 file is a clear error that names the flag that supplies it, and in a results JSON the metric is
-`null` with a "reason", never 0.
+`null` with a "reason", never 0. A file that is no network, or whose network does not take the
+input below or does not return B×D features, stops the run with one line naming the flag and the
+file (SystemExit, as pipeline.load_checkpoint does for checkpoints).
 """
 import hashlib
 import os
+import re
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -29,7 +34,8 @@ import torch.nn.functional as F
 # ---------------------------------------------------------------------------------------------
 def _as_f64(x) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    assert x.ndim == 2, f"features must be n×D (clips × feature width), got {tuple(x.shape)}"
+    if x.ndim != 2:
+        raise ValueError(f"features must be n×D (clips × feature width), got {tuple(x.shape)}")
     return x.detach().to("cpu", torch.float64)
 
 
@@ -69,7 +75,8 @@ def kernel_distance(feats_a, feats_b, subset_size=1000, num_subsets=100, seed=0)
     it can be slightly negative for two samples of one distribution. Reported raw (not ×1000):
     check a table's scaling before comparing."""
     a, b = _as_f64(feats_a), _as_f64(feats_b)
-    assert len(a) > 1 and len(b) > 1, "kernel_distance needs at least two samples per set"
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"kernel_distance needs at least two samples per set, got {len(a)} and {len(b)}")
     if len(a) <= subset_size and len(b) <= subset_size:
         return _mmd2_unbiased(a, b)
     m = min(subset_size, len(a), len(b))
@@ -97,32 +104,82 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+# What each kind of network is given, as its messages state it.
+INPUT = {"video": "B×3×T×224×224 float in [-1, 1], RGB", "audio": "B×N float waveform"}
+
+
+def probe_batch(kind, cfg, b=2) -> torch.Tensor:
+    """b zero clips as the datasets give them: video b×3×T×S×S, or wave b×N."""
+    if kind == "video":
+        return torch.zeros(b, 3, cfg.frames, cfg.image_size, cfg.image_size)
+    return torch.zeros(b, cfg.clip_samples)
+
+
+def shape_text(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def one_line(e: Exception) -> str:
+    """An exception as one short line: the first sentence of the last line of its message (where
+    TorchScript puts the error, after the interpreter's traceback), with its type in front unless
+    that line already names one."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    last = (lines[-1] if lines else "").split(". ")[0]
+    return last if re.match(r"[\w.]*(Error|Exception): ", last) else f"{type(e).__name__}: {last}"
+
+
 class FeatureNet:
     """A feature network loaded from a TorchScript file (`torch.jit.save` of a scripted or traced
-    module), or a `torch.export.save` file ending in .pt2 [ours: the contract below is what this
-    project asks the file to honour].
+    module) or a `torch.export.save` archive, told apart by their contents [ours: the contract
+    below is what this project asks the file to honour].
 
       kind="video" (FVD, KVD; e.g. I3D): input B×3×T×224×224 float in [-1, 1], RGB, T frames as
         given (16 here); we resize each frame bilinearly (antialiased) from S×S to 224×224.
       kind="audio" (FAD; e.g. a VGGish-style embedding wrapped to take raw audio): input B×N float
         waveform at 16 kHz (N = 25,600 for 1.6 s); we only squeeze a channel axis of 1.
       Output: B×D features (a network returning more axes is an error, not silently pooled).
-    `sha256` identifies the file in every result."""
+    A file that is neither format, a forward that fails on that input and an output that is not
+    B×D each stop the run with one line naming the flag and the file (SystemExit); `check` runs the
+    forward once on a batch of 2 clips, so that happens before any clip is generated. `sha256`
+    identifies the file in every result."""
 
     def __init__(self, path, kind, device="cpu"):
-        assert kind in FLAGS, f"kind must be one of {list(FLAGS)}, got {kind!r}"
+        if kind not in FLAGS:
+            raise ValueError(f"kind must be one of {list(FLAGS)}, got {kind!r}")
         if path is None or not os.path.isfile(path):
             what = "no file given" if path is None else f"file not found: {path}"
             raise FeatureNetMissing(f"{kind} feature network: {what}; pass a TorchScript file "
                                     f"with {FLAGS[kind]} PATH")
         self.path, self.kind, self.device = str(path), kind, device
         self.sha256 = file_sha256(path)
-        if str(path).endswith(".pt2"):              # torch.export's format, TorchScript's successor
-            self.net = torch.export.load(str(path)).module().to(device)
-        else:
+        self.net = self.load(device)
+
+    def unfit(self, what: str) -> SystemExit:
+        """The one-line error for this file: the flag, the file, then `what` is wrong."""
+        return SystemExit(f"{FLAGS[self.kind]} {self.path}: {what}")
+
+    def load(self, device):
+        """The module in the file: an archive holding an `archive_format` record is torch.export's
+        (read from an open file, so torch does not ask for the .pt2 suffix), one holding `code/`
+        is TorchScript; anything else gets one line naming the flag and the file."""
+        formats = "neither a TorchScript file (torch.jit.save) nor a torch.export archive (torch.export.save)"
+        if not zipfile.is_zipfile(self.path):        # both formats are zip archives
+            raise self.unfit(f"{formats}: not a zip archive")
+        with zipfile.ZipFile(self.path) as archive:
+            names = archive.namelist()
+        exported = any(name.endswith("/archive_format") for name in names)
+        if not exported and not any("/code/" in name for name in names):   # TorchScript carries its code
+            raise self.unfit(f"{formats}: a torch.save file (weights or a pickle); save the network with "
+                             "torch.jit.save(torch.jit.script(net), PATH)")
+        try:
+            if exported:
+                with open(self.path, "rb") as f:
+                    return torch.export.load(f).module().to(device)
             with warnings.catch_warnings():          # torch ≥ 2.10 flags TorchScript as deprecated
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self.net = torch.jit.load(str(path), map_location=device).eval()
+                return torch.jit.load(self.path, map_location=device).eval()
+        except Exception as e:                       # a truncated file, or one from another torch version
+            raise self.unfit(f"{formats}: {one_line(e)}") from None
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "video":                     # B×3×T×S×S -> B×3×T×224×224
@@ -136,10 +193,22 @@ class FeatureNet:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.net(self.prepare(x).to(self.device))
-        assert feats.ndim == 2 and len(feats) == len(x), \
-            f"{self.path}: expected B×D features for a batch of {len(x)}, got {tuple(feats.shape)}"
+        """A batch of clips (video B×3×T×S×S or wave B×N) -> B×D float64 features on the CPU."""
+        given = self.prepare(x)
+        try:
+            feats = self.net(given.to(self.device))
+        except Exception as e:                       # whatever the forward raises, as one line
+            raise self.unfit(f"the network fails on the input it is given, {INPUT[self.kind]} "
+                             f"(here {shape_text(given.shape)}): {one_line(e)}") from None
+        got = shape_text(feats.shape) if isinstance(feats, torch.Tensor) else f"a {type(feats).__name__}"
+        if not isinstance(feats, torch.Tensor) or feats.ndim != 2 or len(feats) != len(x):
+            raise self.unfit(f"the network must return B×D features (here {len(x)}×D), got {got}")
         return feats.double().cpu()
+
+    def check(self, cfg) -> None:
+        """One forward on a batch of 2 zero clips of cfg's size (probe_batch): whatever does not
+        fit stops here, before any clip is generated or read."""
+        self(probe_batch(self.kind, cfg))
 
     def embed(self, clips, batch_size=8) -> torch.Tensor:
         """Iterable of single clips (3×T×S×S or (N,)) -> n×D float64 features, in batches."""
@@ -164,21 +233,29 @@ def protocol(cfg, n_real, n_generated, split, kind=None, net=None) -> dict:
 
 def metric_entries(kind, real, fake, proto, reason=None) -> dict:
     """{"fvd", "kvd"} (kind "video") or {"fad"} (kind "audio") from n×D features, each a JSON-ready
-    {"value", "reason", "protocol"}; with a reason the value is None, never 0."""
+    {"value", "reason", "protocol"}; with a reason the value is None, never 0. A set of fewer
+    than 2 clips has no covariance: that is the reason then."""
     names = ["fvd", "kvd"] if kind == "video" else ["fad"]
+    if reason is None and min(len(real), len(fake)) < 2:
+        reason = f"needs at least 2 clips per set, got {len(real)} real and {len(fake)} generated"
     score = {"fvd": frechet_distance, "fad": frechet_distance, "kvd": kernel_distance}
     return {name: dict(value=None if reason else score[name](real, fake), reason=reason, protocol=proto)
             for name in names}
 
 
-def load_networks(paths: dict, device="cpu") -> dict:
-    """{"video": path or None, "audio": ...} → {kind: FeatureNet, or the reason it is missing (a str)}."""
+def load_networks(paths: dict, device="cpu", cfg=None) -> dict:
+    """{"video": path or None, "audio": ...} → {kind: FeatureNet, or the reason it is missing (a str)}.
+    With a config, each loaded network is run once on a batch of 2 clips of its size (FeatureNet.check):
+    a file that does not fit stops here with one line, before any clip is generated."""
     nets = {}
     for kind, path in paths.items():
         try:
             nets[kind] = FeatureNet(path, kind, device)
         except FeatureNetMissing as e:
             nets[kind] = str(e)
+        else:
+            if cfg is not None:
+                nets[kind].check(cfg)
     return nets
 
 

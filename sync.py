@@ -216,11 +216,11 @@ def audio_onsets(wave, sr, level=0.5, min_snr_db=10.0, refractory_s=0.05, max_ra
     2 ms envelope (the clip is mostly between clicks), the peak its maximum, and the threshold sits
     `level` of the way from floor to peak IN DECIBELS (0.5: the geometric mean), so it adapts to the
     clip's loudness and to its noise. The floor is taken at most `max_range_db` under the peak: in a
-    near-silent clip the geometric mean would sit ~50 dB down, where Griffin-Lim's pre-echo (the
-    32 ms STFT window smeared ahead of every click) crosses it ~11 ms early and its ringing adds
-    onsets. A clip whose peak is less than `min_snr_db` above its floor has no onsets (noise, or
-    silence). An onset is an upward crossing; a crossing within `refractory_s` of the last onset is
-    ignored (one click, one onset)."""
+    near-silent clip the geometric mean would sit far down, where Griffin-Lim's pre-echo (the STFT
+    window smeared ahead of every click) crosses it early and its ringing adds onsets (RESULTS.md,
+    "How were the earlier defaults found?", item 1). A clip whose peak is less than `min_snr_db`
+    above its floor has no onsets (noise, or silence). An onset is an upward crossing; a crossing
+    within `refractory_s` of the last onset is ignored (one click, one onset)."""
     env = rms_envelope(wave, sr)
     peak = env.max()
     floor = max(np.median(env), peak * 10 ** (-max_range_db / 20), 1e-12)  # silence has no log

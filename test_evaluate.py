@@ -3,6 +3,8 @@ folder of mp4 files (the metrics themselves are tested in test_metrics.py)."""
 import json
 import math
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -12,7 +14,7 @@ import evaluate as ev
 from config import get_config
 from conftest import TOY_STEPS
 from metrics import file_sha256
-from test_metrics import TinyVideoNet
+from test_metrics import TinyVideoNet, unfit_network_files
 
 # ---------------------------------------------------------------------------------------------
 # the CLI end to end: a toy out_dir made by train.py, and a folder of mp4 files
@@ -45,7 +47,8 @@ def toy_out(toy_run):
 
 @pytest.fixture(scope="module")
 def toy_eval(toy_out, nets):
-    """Every part on the toy checkpoints: n = 3, DDIM-2, a stand-in I3D and no audio network."""
+    """Every part on the toy checkpoints: n = 3, DPM-Solver++ with 2 steps (the default sampler at
+    --steps 2), a stand-in I3D and no audio network."""
     returned = ev.main(["--out_dir", toy_out, "--n", "3", "--steps", "2", "--i3d", nets["video"]])
     with open(f"{toy_out}/eval.json") as f:
         results = json.load(f)
@@ -185,5 +188,52 @@ def test_cli_bad_settings(tmp_path):
         ev.main(["--what", "ae,fid", "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="at least 2"):
         ev.main(["--n", "1", "--out_dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--fvd_n must be 0"):
+        ev.main(["--fvd_n", "1", "--out_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="--samples"):
         ev.main(["--samples", str(tmp_path / "nope"), "--out_dir", str(tmp_path)])
+
+
+# ---------------------------------------------------------------------------------------------
+# feature networks that do not fit: one line, before any clip is generated
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unfit(tmp_path_factory):
+    """{case: path}: a text file, a scripted Linear(3, 2) and a network returning B×16×k (test_metrics)."""
+    return unfit_network_files(tmp_path_factory.mktemp("unfit"))
+
+
+# (flag, case, what the line says was expected)
+UNFIT_CASES = [("--i3d", "text", "neither a TorchScript file (torch.jit.save) nor a torch.export archive"),
+               ("--i3d", "input", "fails on the input it is given, B×3×T×224×224 float in [-1, 1], RGB "
+                                  "(here 2×3×16×224×224)"),
+               ("--audio_net", "input", "fails on the input it is given, B×N float waveform (here 2×25600)"),
+               ("--audio_net", "output", "must return B×D features (here 2×D), got 2×16×1600")]
+
+
+@pytest.mark.parametrize("flag, case, expected", UNFIT_CASES)
+def test_cli_unfit_network_stops_before_any_clip(toy_out, unfit, tmp_path, monkeypatch, flag, case, expected):
+    """With checkpoints that could generate, a network file that does not fit stops the run with
+    one line naming the flag and the file, before any clip is generated and before anything is written."""
+    def no_clips(*args, **kwargs):
+        raise AssertionError("a clip was generated before the feature networks were checked")
+    monkeypatch.setattr(ev, "generate", no_clips)
+    monkeypatch.setattr(ev, "generate_heldout", no_clips)
+    for stage in ("ae", "dit"):
+        os.link(os.path.join(toy_out, f"{stage}.pt"), tmp_path / f"{stage}.pt")
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--out_dir", str(tmp_path), "--n", "2", "--steps", "2", flag, unfit[case]])
+    line = str(e.value)
+    assert line.startswith(f"{flag} {unfit[case]}: ") and expected in line and "\n" not in line
+    assert e.value.__cause__ is None and (e.value.__context__ is None or e.value.__suppress_context__)
+    assert sorted(os.listdir(tmp_path)) == ["ae.pt", "dit.pt"]          # no eval.json, no report
+
+
+def test_cli_unfit_network_under_python_O(unfit, tmp_path):
+    """`python -O` drops asserts: the output check is none, and the terminal shows one line, no traceback."""
+    run = subprocess.run([sys.executable, "-O", "evaluate.py", "--out_dir", str(tmp_path), "--what", "fvd",
+                          "--i3d", unfit["output"]], cwd=os.path.dirname(os.path.abspath(ev.__file__)),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.strip() == (f"--i3d {unfit['output']}: the network must return B×D features (here 2×D), "
+                                  f"got 2×16×150528")

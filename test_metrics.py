@@ -1,6 +1,6 @@
 """Tests for metrics.py (PAPER.md §7): the Fréchet and kernel distances against closed forms, a
-stand-in TorchScript feature network, missing networks as null + reason, and distribution_metrics,
-the function evaluate.py's command line runs."""
+stand-in TorchScript feature network, missing networks as null + reason, networks that do not fit as
+one line, and distribution_metrics, the function evaluate.py's command line runs."""
 import json
 import math
 import warnings
@@ -77,11 +77,72 @@ def test_feature_net_video(tiny_net_file):
     assert abs(ev.frechet_distance(feats, feats)) < 1e-8
 
 
-def test_feature_net_exported_pt2(tmp_path):
-    path = tmp_path / "tiny_i3d.pt2"
+@pytest.mark.parametrize("name", ["tiny_i3d.pt2", "tiny_i3d.pt"])     # told apart by content, not suffix
+def test_feature_net_exported_pt2(tmp_path, name):
+    path = tmp_path / name
     torch.export.save(torch.export.export(TinyVideoNet(), (torch.zeros(2, 3, 4, 224, 224),)), str(path))
     feats = ev.FeatureNet(path, "video")(torch.zeros(2, 3, 4, 16, 16))
     assert feats.shape == (2, 8)
+
+
+class NotFlat(torch.nn.Module):
+    def forward(self, x):                                    # B×... -> B×16×k: not B×D
+        return x.reshape(x.shape[0], 16, -1)
+
+
+def unfit_network_files(folder) -> dict:
+    """Files a new user might pass as a feature network, none of which fits: {case: path}.
+    "text": a text file; "weights": torch.save of a state dict; "input": a scripted Linear(3, 2),
+    which cannot take a clip; "output": a scripted network that returns B×16×k, not B×D."""
+    paths = {case: str(folder / f"{case}.{'txt' if case == 'text' else 'pt'}")
+             for case in ("text", "weights", "input", "output")}
+    with open(paths["text"], "w") as f:
+        f.write("an I3D network, I promise\n")
+    torch.save(torch.nn.Linear(3, 2).state_dict(), paths["weights"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), paths["input"])
+        torch.jit.save(torch.jit.script(NotFlat()), paths["output"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def unfit_files(tmp_path_factory):
+    return unfit_network_files(tmp_path_factory.mktemp("unfit"))
+
+
+# what each case's line says, and for each kind the shapes it names
+UNFIT = {"text": "not a zip archive", "weights": "a torch.save file", "input": "fails on the input it is given",
+         "output": "must return B×D features (here 2×D), got 2×16×"}
+GIVEN = {"video": "B×3×T×224×224 float in [-1, 1], RGB (here 2×3×16×224×224)", "audio": "B×N float waveform (here 2×25600)"}
+
+
+@pytest.mark.parametrize("kind", ["video", "audio"])
+@pytest.mark.parametrize("case", list(UNFIT))
+def test_unfit_network_stops_with_one_line(unfit_files, kind, case):
+    """Checked on a batch of 2 clips when loaded with a config: one line naming the flag, the file
+    and what was expected, no traceback (SystemExit, raised from None); no assert, so `python -O`
+    keeps the check."""
+    path = unfit_files[case]
+    with pytest.raises(SystemExit) as e:
+        ev.load_networks({kind: path}, "cpu", get_config("tiny"))
+    line = str(e.value)
+    print(line)
+    assert line.startswith(f"{ev.FLAGS[kind]} {path}: ") and UNFIT[case] in line and "\n" not in line
+    assert e.value.__cause__ is None and (e.value.__context__ is None or e.value.__suppress_context__)
+    if case == "input":
+        assert GIVEN[kind] in line and "mat1 and mat2 shapes cannot be multiplied" in line
+    if case in ("text", "weights"):
+        assert "neither a TorchScript file (torch.jit.save) nor a torch.export archive" in line
+
+
+def test_fewer_than_two_clips_is_null_with_reason(tiny_net_file):
+    nets = ev.load_networks({"video": str(tiny_net_file)})
+    one = [(torch.zeros(1, 3, 4, 16, 16), torch.zeros(1, 100))]
+    two = [(torch.rand(2, 3, 4, 16, 16), torch.zeros(2, 100))]
+    out = ev.distribution_metrics(nets, two, one, get_config("tiny"), "test")
+    for name in ("fvd", "kvd"):
+        assert out[name]["value"] is None and "at least 2 clips" in out[name]["reason"]
 
 
 def test_feature_net_missing_file(tmp_path):

@@ -163,7 +163,7 @@ def test_calibration_real_pairs(calib32):
 def test_calibration_shuffled_is_chance(calib32):
     shuffled = calib32["shuffled"]
     # chance: ~2.4 impacts per clip in [0.2, 1.3] s, so a ±100 ms window catches one with
-    # probability ≈ 2·0.1·2.4/1.1 ≈ 0.44; measured 0.43 on these 50 clips
+    # probability ≈ 2·0.1·2.4/1.1 ≈ 0.44
     print("shuffled S=32 F1:", shuffled["f1"])
     assert 0.2 < shuffled["f1"] < 0.5
 
