@@ -48,8 +48,8 @@ def _mel_to_hz(mel):
 
 @functools.lru_cache(maxsize=16)
 def mel_filterbank(sample_rate, n_fft, n_mels, device=None) -> torch.Tensor:
-    """mel_filterbank built once per (sizes, device) and shared: every clip of a dataset and every
-    inversion reuses it. Callers must not write into it (mel_filterbank hands out a copy)."""
+    """The M×K Slaney mel filters, built once per (sizes, device): every clip of a dataset and every
+    inversion shares the one cached tensor, so callers must not write into it."""
     fft_hz = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
     edges_hz = _mel_to_hz(torch.linspace(0, float(_hz_to_mel(sample_rate / 2)), n_mels + 2,
                                          dtype=torch.float64))
@@ -108,10 +108,10 @@ def mel_to_linear(mel: torch.Tensor, cfg, n_iter: int = 100) -> torch.Tensor:
     """Linear mel B×M×C → STFT magnitude B×K×C by non-negative least squares, min ‖A x − mel‖².
 
     Why NNLS rather than the clamped pseudo-inverse: with M ≪ K the minimum-norm pseudo-inverse
-    spreads negative lobes between band centres, and clamping them to zero breaks A x = mel. On the
-    harmonic test signal of test_data.py NNLS lowers the round trip's spectral convergence from
-    0.57 to 0.48 (tiny) and from 0.21 to 0.12 (paper), for ~25 ms per clip on CPU. Multiplicative
-    updates (Lee & Seung) keep x ≥ 0 by construction; they start from Aᵀmel scaled to the right energy.
+    spreads negative lobes between band centres, and clamping them to zero breaks A x = mel; NNLS
+    keeps A x close to mel with x ≥ 0, which lowers the round trip's spectral convergence (RESULTS.md,
+    "Why NNLS before Griffin-Lim?"). Multiplicative updates (Lee & Seung) keep x ≥ 0 by construction;
+    they start from Aᵀmel scaled to the right energy.
     """
     B, M, C = mel.shape
     A = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, mel.device)     # M×K
