@@ -74,6 +74,7 @@ class Config:
     mix_independent: float = 0.35  # share of independent t_v, t_a: each modality learns to read a
                                    # partner at any other noise level (cross-modal guidance's input)
     mix_clean: float = 0.35     # share with one modality clean (t = 0): A2V and V2A as sampled natively
+    min_snr_gamma: float = 0.0  # 0 = plain MSE; γ > 0 weighs level t by min(SNR_t, γ) on the x0 error (Min-SNR-γ)
 
     # ---- derived sizes ----
     @property
@@ -129,6 +130,7 @@ class Config:
             need(getattr(self, name) in get_args(allowed),
                  f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(get_args(allowed))}")
         need(self.flow_shift > 0, f"flow_shift must be > 0, got {self.flow_shift}")
+        need(self.min_snr_gamma >= 0, f"min_snr_gamma must be ≥ 0, got {self.min_snr_gamma}")
         mix = (self.mix_equal, self.mix_independent, self.mix_clean)
         need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
         return self
@@ -157,7 +159,7 @@ class Config:
 # of the autoencoder's config, and a DiT checkpoint matches its AE on every other field.
 DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
               "class_dropout", "objective", "flow_shift", "diffusion_steps", "schedule", "prediction",
-              "mix_equal", "mix_independent", "mix_clean")
+              "mix_equal", "mix_independent", "mix_clean", "min_snr_gamma")
 
 Preset = Literal["tiny", "paper"]   # the names of PRESETS, for the scripts' --preset
 PRESETS = {

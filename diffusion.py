@@ -100,8 +100,12 @@ class NoiseProcess(ABC):
     sampler holds one level as a Python number (int or float) and the model gets a tensor of them,
     `B` or per modality `B×2`, in `level_dtype`.
 
-      mix   weights (equal, independent, clean) of the level pairs `loss` draws, made to sum to 1;
-            (1, 0, 0) is one level per clip, drawn exactly as the plain objective draws it.
+      mix              weights (equal, independent, clean) of the level pairs `loss` draws, made to
+                       sum to 1; (1, 0, 0) is one level per clip, drawn exactly as the plain objective
+                       draws it.
+      min_snr_gamma    0: the plain MSE against `target`. γ > 0: Min-SNR-γ (Hang et al. 2023), each
+                       noised plane's error weighed so that, counted as an x0 error, level t weighs
+                       min(SNR_t, γ): the near-clean levels stop dominating the gradient.
     """
     objective: str                   # "ddpm" or "flow": which samplers apply (sampling.SAMPLERS)
     level_dtype: torch.dtype         # of a tensor of levels: torch.long (DDPM) or torch.float32 (flow)
@@ -109,12 +113,15 @@ class NoiseProcess(ABC):
     max_steps: int                   # the most steps a sampling grid (`levels`) may have
     clean = 0                        # the level of a modality given clean, in both processes
 
-    def __init__(self, mix=(1.0, 0.0, 0.0)):
+    def __init__(self, mix=(1.0, 0.0, 0.0), min_snr_gamma=0.0):
         mix = tuple(float(w) for w in mix)
         if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
             raise ValueError(f"diffusion: mix must be three non-negative weights (equal, independent, clean) "
                              f"with a positive sum, got {mix}")
+        if min_snr_gamma < 0:
+            raise ValueError(f"diffusion: min_snr_gamma must be ≥ 0, got {min_snr_gamma}")
         self.mix = tuple(w / sum(mix) for w in mix)
+        self.min_snr_gamma = float(min_snr_gamma)
 
     # ---- the contract: training ----
 
@@ -129,6 +136,11 @@ class NoiseProcess(ABC):
     @abstractmethod
     def target(self, x0, noise, t):
         """What the network regresses at levels t."""
+
+    @abstractmethod
+    def min_snr_weight(self, t):
+        """Min-SNR-γ's weight on the squared `target` error at levels t (any shape, same shape out):
+        min(SNR_t, γ) times (∂x0/∂target)², so that it is min(SNR_t, γ) on the x0 error."""
 
     @abstractmethod
     def model_time(self, t):
@@ -225,10 +237,15 @@ class NoiseProcess(ABC):
             clean_planes = self._per_plane(clean, x0)                 # B×1×P×1×1 bool
             x_t = torch.where(clean_planes, x0, self.q_sample(x0, t, noise))  # clean planes are x0 itself
         out, target = model(x_t, self.model_time(t), y), self.target(x0, noise, t)
-        if clean_planes is None:
+        if clean_planes is None and not self.min_snr_gamma:
             return F.mse_loss(out.float(), target.float())          # in float32 under bf16 autocast
+        err = (out.float() - target.float()).pow(2)
+        if self.min_snr_gamma:
+            err = err * self._shaped(self.min_snr_weight(t), err)    # per clip, or per plane for t B×2
+        if clean_planes is None:
+            return err.mean()
         weight = (~clean_planes).float()
-        err = (out.float() - target.float()).pow(2) * weight
+        err = err * weight
         return err.sum() / weight.expand_as(err).sum().clamp(min=1.0)  # the mean over noised elements
 
     def predict(self, model, x, t, y=None, cfg_scale=1.0):
@@ -266,10 +283,10 @@ class DDPM(NoiseProcess):
     objective = "ddpm"
     level_dtype = torch.long
 
-    def __init__(self, steps=1000, schedule="linear", prediction="eps", mix=(1.0, 0.0, 0.0)):
+    def __init__(self, steps=1000, schedule="linear", prediction="eps", mix=(1.0, 0.0, 0.0), min_snr_gamma=0.0):
         if prediction not in ("eps", "v"):
             raise ValueError(f"diffusion: unknown prediction {prediction!r}; choose 'eps' or 'v'")
-        super().__init__(mix)
+        super().__init__(mix, min_snr_gamma)
         self.num_timesteps = steps
         self.pure_noise = steps - 1                                   # the level that holds no signal
         self.max_steps = steps                                        # a grid of every timestep at most
@@ -300,6 +317,13 @@ class DDPM(NoiseProcess):
             signal, spread = self._coefs(t, x0)
             return signal * noise - spread * x0
         return noise
+
+    def min_snr_weight(self, t):
+        """min(SNR_t, γ)/SNR_t for ε (x0 = (x − σ·ε)/α) and min(SNR_t, γ)/(1 + SNR_t) for v
+        (x0 = α·x − σ·v), with SNR_t = ᾱ_t/(1 − ᾱ_t)."""
+        ab = self.alphas_cumprod.to(t.device)[t].float()
+        snr = ab / (1 - ab)
+        return snr.clamp(max=self.min_snr_gamma) / (snr + 1 if self.prediction == "v" else snr)
 
     def model_time(self, t):
         """The timestep index itself: the network embeds DDPM's t as it is."""
@@ -368,10 +392,10 @@ class Flow(NoiseProcess):
     pure_noise = 1.0
     max_steps = 1000                 # DDPM's count: --steps allows one range for both objectives
 
-    def __init__(self, shift=1.0, mix=(1.0, 0.0, 0.0)):
+    def __init__(self, shift=1.0, mix=(1.0, 0.0, 0.0), min_snr_gamma=0.0):
         if shift <= 0:
             raise ValueError(f"diffusion: flow shift must be > 0, got {shift}")
-        super().__init__(mix)
+        super().__init__(mix, min_snr_gamma)
         self.shift = shift
 
     def warp(self, t):
@@ -390,6 +414,11 @@ class Flow(NoiseProcess):
     def target(self, x0, noise, t):
         """The velocity v = dx_t/dt = ε − x0."""
         return noise - x0
+
+    def min_snr_weight(self, t):
+        """min(SNR_t, γ)·t², with SNR_t = ((1 − t)/t)² (x0 = x − t·v); 0 at t = 0."""
+        t = t.float()
+        return ((1 - t) / t).square().clamp(max=self.min_snr_gamma) * t.square()
 
     def model_time(self, t):
         """1000·t, so the timestep embedding sees DDPM's range."""
@@ -433,5 +462,6 @@ def from_config(cfg) -> NoiseProcess:
     """The forward process a config trains: `DDPM` or rectified flow (`Flow`)."""
     mix = (cfg.mix_equal, cfg.mix_independent, cfg.mix_clean)
     if cfg.objective == "flow":
-        return Flow(shift=cfg.flow_shift, mix=mix)
-    return DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix)
+        return Flow(shift=cfg.flow_shift, mix=mix, min_snr_gamma=cfg.min_snr_gamma)
+    return DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix,
+                min_snr_gamma=cfg.min_snr_gamma)

@@ -211,3 +211,41 @@ def test_flow_loss_at_the_exact_velocity_is_the_irreducible_value():
     loss = flow.loss(gaussian_velocity(sd), x0, t=t).item()
     expected = (sd ** 2 / ((1 - t.double()) ** 2 * sd ** 2 + t.double() ** 2)).mean().item()
     assert abs(loss / expected - 1) < 0.01                            # 768k samples: ~0.2% standard error
+
+
+# ---- Min-SNR-γ loss weighting ----
+
+@pytest.mark.parametrize("process", [DDPM(1000, prediction="v", min_snr_gamma=5.0),
+                                     DDPM(1000, prediction="eps", min_snr_gamma=5.0),
+                                     diffusion.Flow(min_snr_gamma=5.0), diffusion.Flow(shift=3.0, min_snr_gamma=5.0)],
+                         ids=["ddpm-v", "ddpm-eps", "flow", "flow-shift3"])
+def test_min_snr_weight_is_min_snr_on_the_x0_error(process):
+    """Counted as an x0 error, level t weighs min(SNR_t, γ): the weight on the target's squared error
+    times 1/(∂x̂0/∂out)², the slope taken through the process's own as_prediction and x0_eps."""
+    x = torch.randn(1, dtype=torch.float64)
+    for fraction in (0.02, 0.2, 0.5, 0.8, 0.98):
+        level = process.level_at(fraction)
+        t = torch.tensor([level], dtype=process.level_dtype)
+        alpha, sigma = process.alpha_sigma(level)
+
+        def x0_of(out):
+            return process.x0_eps(x, process.as_prediction(out, x, t), level)[0].item()
+        slope = x0_of(torch.ones(1, dtype=torch.float64)) - x0_of(torch.zeros(1, dtype=torch.float64))
+        weight = process.min_snr_weight(t).item()
+        assert weight / slope ** 2 == pytest.approx(min((alpha / sigma) ** 2, 5.0), rel=1e-4), fraction
+
+
+def test_min_snr_loss_is_the_weighted_mse():
+    """With one level per clip, the weighted loss is the mean over clips of w(t_i) times each
+    clip's plain MSE; a clean plane's (flow t = 0) weight is 0, not NaN."""
+    plain, weighted = DDPM(1000, prediction="v"), DDPM(1000, prediction="v", min_snr_gamma=5.0)
+    gen = torch.Generator().manual_seed(2)
+    x0, noise = torch.randn(3, 2, 6, 3, 3, generator=gen), torch.randn(3, 2, 6, 3, 3, generator=gen)
+    t = torch.tensor([5, 400, 990])
+
+    def model(x_t, t_, y=None):
+        return 0.5 * x_t
+    per_clip = torch.stack([plain.loss(model, x0[i:i + 1], t=t[i:i + 1], noise=noise[i:i + 1]) for i in range(3)])
+    expected = (weighted.min_snr_weight(t) * per_clip).mean()
+    assert weighted.loss(model, x0, t=t, noise=noise).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert diffusion.Flow(min_snr_gamma=5.0).min_snr_weight(torch.tensor([0.0, 1.0])).tolist() == [0.0, 0.0]
