@@ -23,7 +23,7 @@ Prints markdown tables (and writes them to out_dir/bench.md). No pass/fail: numb
   - Sampling cost per clip is counted for `sample.py`'s default (sampling.Sampling()), for each
     sampler at its default step count and for DPM-Solver++ at COMPARED_STEPS, beside MM-Diffusion's
     (MM_DIFFUSION_TFLOPS, counted the same way on its released code); the timed rows sample as
-    `sample.py` does (pipeline.generate), with its defaults and with DDIM-50.
+    `sample.py` does (pipeline.generate), with its defaults and with DDIM-50 (Euler-50 for rectified flow).
 """
 import os
 import platform
@@ -148,6 +148,10 @@ MM_DIFFUSION_TFLOPS = 531.9
 # step count RESULTS.md ("Which sampler and how many steps?") sets beside DDIM-50.
 COMPARED_STEPS = 20
 
+# Each objective's first-order deterministic solver, the long-stepping row the timed tables set beside
+# the default: DDIM for DDPM, Euler for rectified flow (DDIM's step on the flow path).
+PLAIN = {"ddpm": "ddim", "flow": "euler"}
+
 
 def sampler_table(counts) -> str:
     """Denoiser forwards and TFLOPs per clip (the forwards + one decode): first exactly what
@@ -218,7 +222,8 @@ def timed_batch(stage, preset) -> int:
 def timed_steps(preset, dev, peak) -> list:
     """Rows: the AE and DiT training steps (each with its stage's optimizer from recipe.STAGE_DEFAULTS),
     then sampling as `sample.py` does (pipeline.generate, with decode and Griffin-Lim): its default
-    joint clip and V2A clip (sampling.Sampling()), and DDIM-50 in one unguided run; 1 clip and a batch."""
+    joint clip and V2A clip (sampling.Sampling()), and the PLAIN solver at 50 steps in one unguided run;
+    1 clip and a batch."""
     cfg, amp = get_config(preset), autocast(dev, precision)
     ab, db = timed_batch("ae", preset), timed_batch("dit", preset)
     rows = []
@@ -262,7 +267,8 @@ def timed_steps(preset, dev, peak) -> list:
     models = Models(cfg, ae, fwd, process, 1.0)            # latent scale 1: the cost does not depend on it
     given = torch.rand(db, 3, cfg.frames, cfg.image_size, cfg.image_size) * 2 - 1   # V2A's videos, on the cpu
     runs = [("sample.py's default, joint", Sampling(), "joint"), ("sample.py's default, V2A", Sampling(), "v2a"),
-            (f"DDIM-{DEFAULT_STEPS['ddim']}, one unguided run", Sampling("ddim", xmodal_cfg=1.0), "joint")]
+            (f"{PLAIN[process.objective]}-50, one unguided run", Sampling(PLAIN[process.objective], 50, xmodal_cfg=1.0),
+             "joint")]
     for name, how, mode in runs:
         calls = denoiser_forwards(process, how.for_model(process), mode)
         extra = "encode + " if mode == "v2a" else ""             # V2A encodes the given video first
@@ -282,7 +288,7 @@ def timed_steps(preset, dev, peak) -> list:
 @torch.no_grad()
 def gpu_sampling_checks(preset, dev, repeats) -> str:
     """On a GPU: does the STDiT's attention run the flash kernel (forced, the same numbers)? One clip's
-    denoiser calls with sample.py's default sampling and with DDIM-50, eager; and the default's
+    denoiser calls with sample.py's default sampling and with the PLAIN solver at 50 steps, eager; and the default's
     sampling forward compiled: compile time and speed-up."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.manual_seed(0)
@@ -305,9 +311,9 @@ def gpu_sampling_checks(preset, dev, repeats) -> str:
         with amp:
             return sample_latent(process, model, shape, how)
 
-    default, ddim = Sampling(), Sampling("ddim", xmodal_cfg=1.0)
+    default, plain = Sampling(), Sampling(PLAIN[process.objective], 50, xmodal_cfg=1.0)
     rows = [("flash attention forced (SDPBackend.FLASH_ATTENTION)", flash)]
-    for name, how in (("sample.py's default, joint", default), (f"DDIM-{DEFAULT_STEPS['ddim']}, unguided", ddim)):
+    for name, how in (("sample.py's default, joint", default), (f"{PLAIN[process.objective]}-50, unguided", plain)):
         rows.append((f"one `{preset}` clip, {name}, eager (denoiser only)",
                      f"{median_time(lambda: one_clip(dit, how), dev, repeats) * 1e3:.0f} ms"))
     compiled = torch.compile(dit)

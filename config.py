@@ -63,9 +63,10 @@ class Config:
                                 # mel band and a wall contact share a row, not a column) or per "position"
     class_dropout: float = 0.1  # label dropout that trains the unconditional branch for CFG
     # ---- diffusion (§5) ----
-    objective: Objective = "ddpm"  # "ddpm" (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, ε or v target) or "flow" (rectified
-                                   # flow: x_t = (1 − t)·x0 + t·ε, velocity target)              [ours]
-    flow_shift: float = 1.0     # flow: warp of the level density and grid, t ↦ s·t/(1 + (s−1)·t)
+    objective: Objective = "flow"  # "flow" (rectified flow: x_t = (1 − t)·x0 + t·ε, velocity target) or
+                                   # "ddpm" (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, ε or v target, the paper's) [ours]
+    flow_shift: float = 2.0     # flow: warp of the level density and grid, t ↦ s·t/(1 + (s−1)·t); 2 spends
+                                # more steps at the noisy levels where a clip's timing is decided
     diffusion_steps: int = 1000  # ddpm: num_timesteps of the forward process                  [ours]
     schedule: Schedule = "linear"  # ddpm: "linear" (1e-4 → 0.02) or "cosine"
     prediction: Prediction = "v"  # ddpm: what the STDiT predicts, "v" or "eps": v weighs the noisy steps where
@@ -148,6 +149,8 @@ class Config:
         if unknown:
             raise ValueError(f"config: unknown setting(s) {unknown}")
         d = dict(d)
+        d.setdefault("objective", "ddpm")   # written before rectified flow: DDPM was the only process
+        d.setdefault("flow_shift", 1.0)
         if "mix_equal" not in d:  # written before per-modality noise levels: trained on t_v = t_a only
             d.update(mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)
         if "mt_scales" in d:
@@ -170,7 +173,7 @@ PRESETS = {
     "paper": Config(image_size=256, n_mels=64, mel_width=64, ae_channels=256, video_down=16,
                     audio_down=4, time_down=1, ae_heads=8, ae_enc_blocks=2, ae_dec_blocks=2,
                     gcm_group=4, latent_channels=4, patch=1, dit_depth=28, dit_width=1152, dit_heads=16,
-                    cross_plane="position", prediction="eps"),   # §4, §5 as PAPER.md states them
+                    cross_plane="position", objective="ddpm", prediction="eps"),   # §4, §5 as PAPER.md states them
 }
 
 

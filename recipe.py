@@ -25,8 +25,8 @@ from config import need
 STAGE_DEFAULTS = {
     # the MDSA autoencoder: AdamW, 1,000 steps of 8 clips
     "ae": dict(max_steps=1000, batch_size=8, lr=1e-3, warmup_steps=200, optimizer="adamw"),
-    # the STDiT denoiser: Muon, 8,000 steps of 32 latents
-    "dit": dict(max_steps=8000, batch_size=32, lr=1.5e-3, warmup_steps=200, optimizer="muon"),
+    # the STDiT denoiser: Muon, 6,000 steps of 16 latents
+    "dit": dict(max_steps=6000, batch_size=16, lr=3e-3, warmup_steps=200, optimizer="muon"),
 }
 
 TRAIN_CLIPS = 4000  # BounceClick clips in the default training set; the DiT stage encodes each once

@@ -19,7 +19,7 @@ from diffusion import DDPM
 from model import VIDEO_PLANES, STDiT, latent_shape
 from sampling import Sampling, ddim_step, dpm_step, native_denoiser, sample_latent
 
-SMALL = dict(dit_width=32, dit_depth=2, dit_heads=2)   # a small denoiser: seconds per sampling run
+SMALL = dict(dit_width=32, dit_depth=2, dit_heads=2, objective="ddpm")   # a small DDPM denoiser: seconds per run
 
 
 # ---- seeded sampling, DDIM / DDPM, guidance at scale 1 ----

@@ -10,7 +10,7 @@ breaks the oracle's zero loss, and a denoiser that cannot learn fails the overfi
 import pytest
 import torch
 
-from config import PRESETS, get_config
+from config import PRESETS, Config, get_config
 import diffusion
 from conftest import randomized
 from diffusion import DDPM, respaced_timesteps
@@ -18,7 +18,7 @@ from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_st
 
 
 # A small denoiser: the tiny latent (c=4, six 8×8 planes), fewer channels.
-SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2)
+SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2, objective="ddpm")   # integer timesteps below
 
 
 # ---- config (§6) ----
@@ -32,6 +32,16 @@ def test_presets_share_one_plane_size():
     # §6: tokens per clip at patch 1, projected vs the full 3D latent of both modalities
     tokens = lambda shape: shape[1] * shape[2] * shape[3] // paper.patch ** 2
     assert tokens(latent_shape(paper)) == 1536 and tokens(latent_shape(paper, projected=False)) == 8192
+
+
+def test_checkpoint_configs_keep_their_process():
+    # tiny trains rectified flow at shift 2, paper DDPM as the paper does; a config saved before
+    # rectified flow existed was DDPM's
+    assert (get_config("tiny").objective, get_config("tiny").flow_shift, get_config("paper").objective) == \
+        ("flow", 2.0, "ddpm")
+    old = get_config("tiny").to_dict()
+    del old["objective"], old["flow_shift"]
+    assert (Config.from_dict(old).objective, Config.from_dict(old).flow_shift) == ("ddpm", 1.0)
 
 
 def test_mismatched_preset_names_the_sizes():
@@ -215,7 +225,7 @@ def test_classifier_free_guidance(prediction):
 
 def test_tiny_stdit_overfits_one_batch():
     torch.manual_seed(0)
-    cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4)
+    cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4, objective="ddpm")
     model, process = STDiT(cfg), diffusion.from_config(cfg)
     gen = torch.Generator().manual_seed(6)
     x0 = torch.randn(2, *latent_shape(cfg), generator=gen)

@@ -217,7 +217,7 @@ def test_precision_setting():
 
 
 def test_seed_fixes_every_sampler(trained, tmp_path):
-    """The one --seed drives every random draw: DDPM's per-step noise and the re-noised known planes
+    """The one --seed drives every random draw: the stochastic solver's per-step noise and the re-noised known planes
     of replacement-conditioned V2A too. The same seed writes the same clips, another seed others."""
     cfg = get_config("tiny")
     item = BounceClick(cfg, size=1, seed=77)[0]
@@ -225,7 +225,7 @@ def test_seed_fixes_every_sampler(trained, tmp_path):
     write_mp4(cond, item["video"], item["wave"], cfg)
 
     def clips(*extra):
-        sample.main(["--out_dir", trained, "--n", "2", "--sampler", "ddpm", "--steps", "10", *extra])
+        sample.main(["--out_dir", trained, "--n", "2", "--sampler", "dpm++", "--eta", "1", "--steps", "10", *extra])
         return [soundfile.read(os.path.join(trained, "samples", f"00{i}.wav"))[0] for i in range(2)]
 
     for extra in ([], ["--mode", "v2a", "--cond", cond, "--conditioning", "replace"],
@@ -289,7 +289,7 @@ def test_train_bad_values_are_one_line(argv, message, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--n", "0"], "--n must be at least 1"),
     (["--steps", "-1"], "--steps must be in 1..1000"),
-    (["--sampler", "euler"], "--sampler must be one of"),
+    (["--sampler", "ddim"], "--sampler must be one of"),   # a DDPM sampler for a flow model
     (["--class", "2"], "--class 2"),
     (["--mode", "v2a"], "--mode v2a needs --cond"),
     (["--device", "cuda:1"], "--device cuda:1"),
@@ -346,7 +346,7 @@ def test_denoiser_forwards_counts_what_generate_runs(trained):
     m.dit.forward = lambda x, t, y=None: rows.append(len(x)) or forward(x, t, y)
     for how, mode in ((Sampling(steps=3), "joint"), (Sampling(steps=3), "v2a"),
                       (Sampling(steps=3, conditioning="replace", guidance=0.0), "a2v"),
-                      (Sampling("ddim", 4, xmodal_cfg=1.0, resample_audio=False), "joint"),
+                      (Sampling("euler", 4, xmodal_cfg=1.0, resample_audio=False), "joint"),
                       (Sampling(steps=4, guide_above=0.5), "joint"), (Sampling(steps=4, guide_above=0.5), "a2v")):
         rows.clear()
         generate(m, 2, how, mode=mode, cond_video=item["video"], cond_wave=item["wave"],
