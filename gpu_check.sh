@@ -27,9 +27,10 @@ step sample 40 python3 sample.py --out_dir "$OUT/run" --n 8
 cp "$OUT/run/samples/000.mp4" "$OUT/cond.mp4" 2>/dev/null
 step sample_v2a 40 python3 sample.py --out_dir "$OUT/run" --n 4 --mode v2a --cond "$OUT/cond.mp4"
 # 2. Costs and speed at both presets, bf16 eager: the default run's training FLOPs; timed training steps
-#    and sampling as sample.py samples (its default joint and V2A clips, and DDIM-50); at `paper` also
-#    the flash-attention check, one clip's denoiser calls with the default sampling against DDIM-50,
-#    and the default's sampling forward compiled (bench.gpu_sampling_checks).
+#    and sampling as sample.py samples (its default joint and V2A clips, and 50 first-order steps: DDIM
+#    for DDPM at `paper`, Euler for rectified flow at `tiny`); at `paper` also the flash-attention check,
+#    one clip's denoiser calls with the default sampling against DDIM-50, and the default's sampling
+#    forward compiled (bench.gpu_sampling_checks).
 step bench 360 python3 bench.py --device cuda --repeats 3 --out_dir "$OUT/bench_gpu"
 cat "$OUT"/bench_gpu/bench.md
 # 3. Memory of one training step per stage, preset and batch (1, 4, 16), with and without --grad_checkpoint:
