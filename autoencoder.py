@@ -111,9 +111,13 @@ class Stream(nn.Module):
         self.cin, self.time_down, self.L = cin, dt, L
         w = stage_widths(C, down, what)
         # ---- stem: conv_in, [ResBlock, stride-2 conv] per level, ResBlock at the bottom ----
+
+        def block_at(i):  # level 0, the full frame, has the most pixels at the fewest channels: its
+            return [ResBlock2d(w[i], w[i])] if i > 0 or cfg.ae_full_res_block else []   # block is optional
+
         stem = [nn.Conv2d(cin, w[0], 3, padding=1)]
         for i in range(len(w) - 1):
-            stem += [ResBlock2d(w[i], w[i]), nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
+            stem += block_at(i) + [nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
         self.stem = nn.Sequential(*stem, ResBlock2d(C, C))
         # a strided temporal conv with kernel = stride = d_t, written as a Linear over d_t·C channels:
         # keeps the order of frames inside a step (an audio onset's sub-step timing), unlike avg-pool
@@ -129,7 +133,7 @@ class Stream(nn.Module):
         self.time_out = nn.Linear(C, dt * C) if dt > 1 else nn.Identity()
         head = [ResBlock2d(C, C)]
         for i in reversed(range(len(w) - 1)):
-            head += [Upsample2d(w[i + 1], w[i]), ResBlock2d(w[i], w[i])]
+            head += [Upsample2d(w[i + 1], w[i])] + block_at(i)
         # no GroupNorm before the output conv (unlike LDM's decoder): over a frame that is mostly flat
         # background, GN divides a small object's features by a std that the object itself sets, so
         # its output colour can no longer scale with them

@@ -45,6 +45,8 @@ class Config:
     ae_heads: int = 4           # attention heads in the MDSA transformer blocks
     ae_enc_blocks: int = 1      # spatio-temporal blocks in the encoder
     ae_dec_blocks: int = 1      # spatio-temporal blocks in the decoder
+    ae_full_res_block: bool = False  # a ResBlock at full frame resolution in the stem and the head; off,
+                                # the stride-2 conv reads the input conv: a fifth less AE compute at tiny
     mt_scales: tuple = (1, 2, 4)  # MT-SelfAttn temporal scales                               [paper]
     gcm_group: int = 2          # g: consecutive latent frames per GCM-Attn group
     latent_channels: int = 4    # c: channels of every 2D latent plane
@@ -149,6 +151,7 @@ class Config:
         if unknown:
             raise ValueError(f"config: unknown setting(s) {unknown}")
         d = dict(d)
+        d.setdefault("ae_full_res_block", True)  # written before the option: the stem had the block
         d.setdefault("objective", "ddpm")   # written before rectified flow: DDPM was the only process
         d.setdefault("flow_shift", 1.0)
         if "mix_equal" not in d:  # written before per-modality noise levels: trained on t_v = t_a only
@@ -171,7 +174,7 @@ PRESETS = {
     # The paper's size: 3×16×256×256 video, 1×16×64×64 mel frames (hop 25), six 16×16 planes,
     # and an XL-sized STDiT (DiT-XL: depth 28, width 1152, 16 heads).
     "paper": Config(image_size=256, n_mels=64, mel_width=64, ae_channels=256, video_down=16,
-                    audio_down=4, time_down=1, ae_heads=8, ae_enc_blocks=2, ae_dec_blocks=2,
+                    audio_down=4, time_down=1, ae_heads=8, ae_enc_blocks=2, ae_dec_blocks=2, ae_full_res_block=True,
                     gcm_group=4, latent_channels=4, patch=1, dit_depth=28, dit_width=1152, dit_heads=16,
                     cross_plane="position", objective="ddpm", prediction="eps"),   # §4, §5 as PAPER.md states them
 }

@@ -4,7 +4,7 @@ import torch
 
 from attention import BiBlockCrossAttn, GCMAttn, MTSelfAttn, SpatialSelfAttention, attention, sdpa
 from autoencoder import MDSA, AxisPool, psnr
-from config import get_config
+from config import Config, get_config
 
 
 def streams(B=2, T=8, Nv=16, Na=12, D=32, seed=0):
@@ -169,6 +169,25 @@ def test_cross_modal_dropout_encodes_like_one_modality():
     dropped = model.encode(video, audio)
     for d, a in zip(dropped[:3], alone[:3]):
         torch.testing.assert_close(d, a)
+
+
+@pytest.mark.parametrize("full_res_block", [False, True])
+def test_full_resolution_block_is_optional(full_res_block):
+    # the stem and the head hold a ResBlock at every level, the full frame's only if asked; the
+    # shapes and the API stay the same either way
+    from autoencoder import ResBlock2d
+    cfg = get_config("tiny", ae_full_res_block=full_res_block)
+    model = MDSA(cfg)
+    for stream in (model.video, model.audio):
+        full = [m for part in (stream.stem, stream.head) for m in part if isinstance(m, ResBlock2d)
+                and m.body[2].in_channels == stream.stem[0].out_channels]  # blocks at conv_in's width
+        assert len(full) == (2 if full_res_block else 0)
+    video, audio = clip(cfg)
+    rec_v, rec_a = model.decode(model.encode(video, audio))
+    assert rec_v.shape == video.shape and rec_a.shape == audio.shape
+    old = cfg.to_dict()
+    del old["ae_full_res_block"]                                  # a config saved before the option
+    assert Config.from_dict(old).ae_full_res_block is True
 
 
 def test_stem_factor_must_be_power_of_two():
