@@ -111,9 +111,10 @@ class Stream(nn.Module):
         self.cin, self.time_down, self.L = cin, dt, L
         w = stage_widths(C, down, what)
         # ---- stem: conv_in, [ResBlock, stride-2 conv] per level, ResBlock at the bottom ----
-
-        def block_at(i):  # level 0, the full frame, has the most pixels at the fewest channels: its
-            return [ResBlock2d(w[i], w[i])] if i > 0 or cfg.ae_full_res_block else []   # block is optional
+        # the full frame (level 0) has the most pixels at the fewest channels: its ResBlock, in the
+        # stem and in the head, is there only with cfg.ae_full_res_block
+        def block_at(i):
+            return [ResBlock2d(w[i], w[i])] if i > 0 or cfg.ae_full_res_block else []
 
         stem = [nn.Conv2d(cin, w[0], 3, padding=1)]
         for i in range(len(w) - 1):

@@ -288,8 +288,8 @@ def timed_steps(preset, dev, peak) -> list:
 @torch.no_grad()
 def gpu_sampling_checks(preset, dev, repeats) -> str:
     """On a GPU: does the STDiT's attention run the flash kernel (forced, the same numbers)? One clip's
-    denoiser calls with sample.py's default sampling and with the PLAIN solver at 50 steps, eager; and the default's
-    sampling forward compiled: compile time and speed-up."""
+    denoiser calls with sample.py's default sampling and with the PLAIN solver at 50 steps, eager; and
+    the default's sampling forward compiled: compile time and speed-up."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     torch.manual_seed(0)
     cfg = get_config(preset)

@@ -174,7 +174,8 @@ PRESETS = {
     # The paper's size: 3×16×256×256 video, 1×16×64×64 mel frames (hop 25), six 16×16 planes,
     # and an XL-sized STDiT (DiT-XL: depth 28, width 1152, 16 heads).
     "paper": Config(image_size=256, n_mels=64, mel_width=64, ae_channels=256, video_down=16,
-                    audio_down=4, time_down=1, ae_heads=8, ae_enc_blocks=2, ae_dec_blocks=2, ae_full_res_block=True,
+                    audio_down=4, time_down=1, ae_heads=8, ae_enc_blocks=2, ae_dec_blocks=2,
+                    ae_full_res_block=True,
                     gcm_group=4, latent_channels=4, patch=1, dit_depth=28, dit_width=1152, dit_heads=16,
                     cross_plane="position", objective="ddpm", prediction="eps"),   # §4, §5 as PAPER.md states them
 }

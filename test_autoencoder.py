@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from attention import BiBlockCrossAttn, GCMAttn, MTSelfAttn, SpatialSelfAttention, attention, sdpa
-from autoencoder import MDSA, AxisPool, psnr
+from autoencoder import MDSA, AxisPool, ResBlock2d, psnr
 from config import Config, get_config
 
 
@@ -175,7 +175,6 @@ def test_cross_modal_dropout_encodes_like_one_modality():
 def test_full_resolution_block_is_optional(full_res_block):
     # the stem and the head hold a ResBlock at every level, the full frame's only if asked; the
     # shapes and the API stay the same either way
-    from autoencoder import ResBlock2d
     cfg = get_config("tiny", ae_full_res_block=full_res_block)
     model = MDSA(cfg)
     for stream in (model.video, model.audio):
