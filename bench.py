@@ -105,13 +105,14 @@ def count_table(counts) -> str:
                      "STDiT", "STDiT unprojected", "unprojected ÷ projected"], rows))
 
 
-def training_step_flops(stage, cfg, batch) -> int:
+def training_step_flops(stage, cfg, batch, guided=False) -> int:
     """FLOPs of one training step of `stage` at `batch` clips on the meta device: forward + backward
-    (memory.training_loss, grad_checkpoint off) and the update of the stage's default optimizer
-    (Muon's Newton-Schulz products; AdamW's update has no matrix product)."""
+    (memory.training_loss, grad_checkpoint off; `guided`: a step toward the learned-guidance target)
+    and the update of the stage's default optimizer (Muon's Newton-Schulz products; AdamW's update
+    has no matrix product)."""
     meta = torch.device("meta")
     with meta:
-        model, loss_fn, _ = training_loss(stage, cfg, batch, meta)
+        model, loss_fn, _ = training_loss(stage, cfg, batch, meta, guided)
         opt = make_optimizer(model, STAGE_DEFAULTS[stage]["optimizer"], STAGE_DEFAULTS[stage]["lr"])
         return flops_of(lambda: loss_fn().backward()) + flops_of(opt.step)
 
@@ -119,14 +120,21 @@ def training_step_flops(stage, cfg, batch) -> int:
 def default_run_table(counts) -> str:
     """The training compute of the default run at each preset: the AE stage (max_steps × one step at
     the stage's batch), the training clips encoded to latents once (TRAIN_CLIPS × one MDSA encode), the
-    DiT stage (max_steps × one step at its batch, the config's mixture of noise levels), and the total."""
+    DiT stage (max_steps × one step at its batch, the config's mixture of noise levels; its last
+    learned_guidance_steps toward the guided target, where the config learns guidance), and the total."""
     rows = []
     for p, r in counts.items():
         cfg, parts = get_config(p), []
-        for stage, name in (("ae", "AE stage"), ("dit", "DiT stage")):
-            steps, batch = STAGE_DEFAULTS[stage]["max_steps"], STAGE_DEFAULTS[stage]["batch_size"]
+        guided = min(cfg.learned_guidance_steps, STAGE_DEFAULTS["dit"]["max_steps"]) if cfg.learned_guidance != 1 else 0
+        for stage, name, steps in (("ae", "AE stage", STAGE_DEFAULTS["ae"]["max_steps"]),
+                                   ("dit", "DiT stage", STAGE_DEFAULTS["dit"]["max_steps"] - guided)):
+            batch = STAGE_DEFAULTS[stage]["batch_size"]
             parts.append((name, f"{steps:,} steps × batch {batch}, forward + backward + update", steps,
                           training_step_flops(stage, cfg, batch)))
+        if guided:
+            batch = STAGE_DEFAULTS["dit"]["batch_size"]
+            parts.append(("DiT, guided target", f"{guided:,} steps × batch {batch}, + the two no-grad copies",
+                          guided, training_step_flops("dit", cfg, batch, guided=True)))
         parts.insert(1, ("latents", f"{TRAIN_CLIPS:,} clips × one MDSA encode", TRAIN_CLIPS, r["ae_encode"]))
         rows += [(p, name, what, f"{each / 1e9:,.2f}", f"{n * each / 1e12:,.1f}")
                  for name, what, n, each in parts]

@@ -78,6 +78,9 @@ class Config:
                                    # partner at any other noise level (cross-modal guidance's input)
     mix_clean: float = 0.35     # share with one modality clean (t = 0): A2V and V2A as sampled natively
     min_snr_gamma: float = 0.0  # 0 = plain MSE; γ > 0 weighs level t by min(SNR_t, γ) on the x0 error (Min-SNR-γ)
+    learned_guidance: float = 4.0  # w ≠ 1: the denoiser learns the cross-modal-guided prediction at scale w
+                                # itself (model guidance), so sampling needs no guidance copies; 1 = none
+    learned_guidance_steps: int = 1000  # with w ≠ 1: the last this many DiT steps train toward the guided target
 
     # ---- derived sizes ----
     @property
@@ -134,6 +137,9 @@ class Config:
                  f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(get_args(allowed))}")
         need(self.flow_shift > 0, f"flow_shift must be > 0, got {self.flow_shift}")
         need(self.min_snr_gamma >= 0, f"min_snr_gamma must be ≥ 0, got {self.min_snr_gamma}")
+        need(self.learned_guidance >= 1, f"learned_guidance must be ≥ 1, got {self.learned_guidance}")
+        need(self.learned_guidance_steps >= 0,
+             f"learned_guidance_steps must be ≥ 0, got {self.learned_guidance_steps}")
         mix = (self.mix_equal, self.mix_independent, self.mix_clean)
         need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
         return self
@@ -154,6 +160,7 @@ class Config:
         d.setdefault("ae_full_res_block", True)  # written before the option: the stem had the block
         d.setdefault("objective", "ddpm")   # written before rectified flow: DDPM was the only process
         d.setdefault("flow_shift", 1.0)
+        d.setdefault("learned_guidance", 1.0)  # written before model guidance: the sampler guides
         if "mix_equal" not in d:  # written before per-modality noise levels: trained on t_v = t_a only
             d.update(mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)
         if "mt_scales" in d:
@@ -165,7 +172,8 @@ class Config:
 # of the autoencoder's config, and a DiT checkpoint matches its AE on every other field.
 DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
               "class_dropout", "objective", "flow_shift", "diffusion_steps", "schedule", "prediction",
-              "mix_equal", "mix_independent", "mix_clean", "min_snr_gamma")
+              "mix_equal", "mix_independent", "mix_clean", "min_snr_gamma", "learned_guidance",
+              "learned_guidance_steps")
 
 Preset = Literal["tiny", "paper"]   # the names of PRESETS, for the scripts' --preset
 PRESETS = {
@@ -177,7 +185,8 @@ PRESETS = {
                     audio_down=4, time_down=1, ae_heads=8, ae_enc_blocks=2, ae_dec_blocks=2,
                     ae_full_res_block=True,
                     gcm_group=4, latent_channels=4, patch=1, dit_depth=28, dit_width=1152, dit_heads=16,
-                    cross_plane="position", objective="ddpm", prediction="eps"),   # §4, §5 as PAPER.md states them
+                    cross_plane="position", objective="ddpm", prediction="eps",   # §4, §5 as PAPER.md states them
+                    learned_guidance=1.0),  # model guidance is measured at tiny only: the sampler guides
 }
 
 

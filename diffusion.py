@@ -112,6 +112,8 @@ class NoiseProcess(ABC):
     pure_noise: float                # the level that holds no signal: num_timesteps − 1, or 1.0
     max_steps: int                   # the most steps a sampling grid (`levels`) may have
     clean = 0                        # the level of a modality given clean, in both processes
+    learned_guidance = 1.0           # the cross-modal guidance scale the model was trained to output
+                                     # itself (`loss(guidance=)`); from_config sets it from the config
 
     def __init__(self, mix=(1.0, 0.0, 0.0), min_snr_gamma=0.0):
         mix = tuple(float(w) for w in mix)
@@ -212,13 +214,18 @@ class NoiseProcess(ABC):
         clean = torch.stack([one_clean & video_clean, one_clean & ~video_clean], dim=1)
         return t.masked_fill(clean, self.clean), clean
 
-    def loss(self, model, x0, y=None, *, t=None, noise=None, clean=None):
+    def loss(self, model, x0, y=None, *, t=None, noise=None, clean=None, guidance=1.0):
         """MSE of the model's output against `target` over the noised planes: a scalar.
 
         x0 `B×c×P×L×L`. Without `t`, the levels come from the mixture `self.mix` (`draw_levels`); with
         mix (1, 0, 0) that is one level per clip from `draw_t`. `t` (`B` or `B×2`), `noise` and `clean`
         (`B×2` bool: that modality given as x0 itself at t = 0) may be fixed (tests). A clean
-        modality's planes are left out of the mean: there is nothing to denoise in them."""
+        modality's planes are left out of the mean: there is nothing to denoise in them.
+
+        guidance = w ≠ 1: model guidance [Tang et al. 2025]: the target becomes
+        target + (1 − 1/w)·sg(out − out_alone) (`guidance_pull`), whose fixed point is the
+        cross-modal-guided prediction at scale w that sampling would otherwise form from copies:
+        out − out_alone = (target − target_alone)/(1 − (1 − 1/w)) = w·(target − target_alone)."""
         if t is None:
             if self.mix[1] == 0 and self.mix[2] == 0:                 # equal levels only: one t per clip
                 t = self.draw_t((x0.shape[0],), x0.device)
@@ -226,7 +233,7 @@ class NoiseProcess(ABC):
                 t, clean = self.draw_levels(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
-        if t.dim() == 1 and clean is None:                            # one level for all planes
+        if t.dim() == 1 and clean is None and guidance == 1.0:        # one level for all planes
             x_t, clean_planes = self.q_sample(x0, t, noise), None
         else:
             if t.dim() == 1:
@@ -237,6 +244,8 @@ class NoiseProcess(ABC):
             clean_planes = self._per_plane(clean, x0)                 # B×1×P×1×1 bool
             x_t = torch.where(clean_planes, x0, self.q_sample(x0, t, noise))  # clean planes are x0 itself
         out, target = model(x_t, self.model_time(t), y), self.target(x0, noise, t)
+        if guidance != 1.0:
+            target = target.float() + (1.0 - 1.0 / guidance) * self.guidance_pull(model, out, x_t, t, y)
         if clean_planes is None and not self.min_snr_gamma:
             return F.mse_loss(out.float(), target.float())          # in float32 under bf16 autocast
         err = (out.float() - target.float()).pow(2)
@@ -247,6 +256,19 @@ class NoiseProcess(ABC):
         weight = (~clean_planes).float()
         err = err * weight
         return err.sum() / weight.expand_as(err).sum().clamp(min=1.0)  # the mean over noised elements
+
+    @torch.no_grad()
+    def guidance_pull(self, model, out, x_t, t, y):
+        """sg(out − out_alone), float32 `B×c×P×L×L`: each modality's prediction at x_t less the one it
+        makes with its partner replaced by fresh noise at pure noise, the difference cross-modal
+        guidance scales at sampling (sampling.joint_denoiser, native_denoiser). One no-grad forward
+        of two copies: the video beside pure-noise audio, the audio beside pure-noise video. t `B×2`."""
+        video = VIDEO_PLANES.to(x_t.device)[None, None, :, None, None]
+        fresh, pure = torch.randn_like(x_t), torch.full_like(t[:, 0], self.pure_noise)
+        xs = torch.cat([torch.where(video, x_t, fresh), torch.where(video, fresh, x_t)])
+        ts = torch.cat([torch.stack([t[:, 0], pure], 1), torch.stack([pure, t[:, 1]], 1)])
+        video_alone, audio_alone = model(xs, self.model_time(ts), None if y is None else torch.cat([y, y])).chunk(2)
+        return out.detach().float() - torch.where(video, video_alone, audio_alone).float()
 
     def predict(self, model, x, t, y=None, cfg_scale=1.0):
         """The model's prediction in the form `x0_eps` reads, with classifier-free guidance:
@@ -462,6 +484,9 @@ def from_config(cfg) -> NoiseProcess:
     """The forward process a config trains: `DDPM` or rectified flow (`Flow`)."""
     mix = (cfg.mix_equal, cfg.mix_independent, cfg.mix_clean)
     if cfg.objective == "flow":
-        return Flow(shift=cfg.flow_shift, mix=mix, min_snr_gamma=cfg.min_snr_gamma)
-    return DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix,
-                min_snr_gamma=cfg.min_snr_gamma)
+        process = Flow(shift=cfg.flow_shift, mix=mix, min_snr_gamma=cfg.min_snr_gamma)
+    else:
+        process = DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix,
+                       min_snr_gamma=cfg.min_snr_gamma)
+    process.learned_guidance = cfg.learned_guidance
+    return process

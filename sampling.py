@@ -59,7 +59,8 @@ class Sampling:
     cfg_scale: float = 1.0             # classifier-free guidance scale on the class label (1 = none)
     xmodal_cfg: Optional[float] = None  # cross-modal guidance scale of joint and native a2v / v2a (1 = none);
                                         # auto = 4 for a denoiser trained with independent or one-clean
-                                        # noise levels, else 1 (it never saw a partner at another level)
+                                        # noise levels, else 1 (it never saw a partner at another level,
+                                        # or it learned the guided prediction itself)
     resample_audio: bool = False       # joint: then re-draw the audio given the finished video, as v2a does
                                        # (a Gibbs step; one more v2a run a clip)
     conditioning: Optional[Conditioning] = None  # a2v / v2a: the given planes clean at t = 0 ("native") or
@@ -83,9 +84,11 @@ class Sampling:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)} for a {process.objective} "
                                  f"model, not {value!r}")
         per_modality = process.mix[1] > 0 or process.mix[2] > 0
+        # a denoiser that learned the guided prediction (process.learned_guidance) is guided once already
+        auto_xmodal = 4.0 if per_modality and process.learned_guidance == 1.0 else 1.0
         how = replace(
             self, steps=self.steps or DEFAULT_STEPS[self.sampler],
-            xmodal_cfg=self.xmodal_cfg if self.xmodal_cfg is not None else 4.0 if per_modality else 1.0,
+            xmodal_cfg=self.xmodal_cfg if self.xmodal_cfg is not None else auto_xmodal,
             conditioning=self.conditioning or ("native" if process.mix[2] > 0 else "replace"))
         if not 1 <= how.steps <= process.max_steps:        # messages start with the setting's name
             raise ValueError(f"steps must be in 1..{process.max_steps}, not {how.steps}")

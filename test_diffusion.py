@@ -249,3 +249,48 @@ def test_min_snr_loss_is_the_weighted_mse():
     expected = (weighted.min_snr_weight(t) * per_clip).mean()
     assert weighted.loss(model, x0, t=t, noise=noise).item() == pytest.approx(expected.item(), rel=1e-5)
     assert diffusion.Flow(min_snr_gamma=5.0).min_snr_weight(torch.tensor([0.0, 1.0])).tolist() == [0.0, 0.0]
+
+
+# ---- model guidance: the cross-modal-guided prediction learned into the weights ----
+
+@pytest.mark.parametrize("process", [diffusion.Flow(shift=2.0), DDPM(1000, prediction="v")], ids=["flow", "ddpm-v"])
+def test_guided_loss_vanishes_at_the_guided_prediction(process):
+    """loss(guidance=w) regresses target + (1 − 1/w)·sg(out − out_alone). A model that outputs
+    u = out_alone with its partner at pure noise, and u + w·(target − u) otherwise (the prediction
+    sampling's cross-modal guidance at scale w forms), is its fixed point: the loss is 0 for equal,
+    independent and one-clean levels alike; the plain loss (w = 1) is not."""
+    w, gen = 4.0, torch.Generator().manual_seed(3)
+    x0, noise = torch.randn(3, 2, 6, 2, 2, generator=gen), torch.randn(3, 2, 6, 2, 2, generator=gen)
+    pure = process.model_time(torch.tensor([process.pure_noise], dtype=process.level_dtype)).item()
+    mid = [process.level_at(f) for f in (0.3, 0.6)]
+    t = torch.tensor([[mid[0], mid[0]], [mid[0], mid[1]], [mid[1], mid[1]]], dtype=process.level_dtype)
+    clean = torch.tensor([[False, False], [False, False], [True, False]])       # the third clip: V2A
+    target = process.target(x0, noise, t.masked_fill(clean, process.clean))
+
+    def model(x_t, t_model, y=None):
+        video = VIDEO_PLANES[None, None, :, None, None]
+        partner_pure = torch.where(video, (t_model[:, 1] == pure)[:, None, None, None, None],
+                                   (t_model[:, 0] == pure)[:, None, None, None, None])
+        alone = 0.3 * x_t                                      # each plane from its own input only
+        guided = alone + w * (target.repeat(len(x_t) // len(target), 1, 1, 1, 1) - alone)
+        return torch.where(partner_pure, alone, guided)
+
+    assert process.loss(model, x0, t=t, noise=noise, clean=clean, guidance=w).item() < 1e-10
+    assert process.loss(model, x0, t=t, noise=noise, clean=clean).item() > 0.1
+
+
+def test_learned_guidance_runs_one_forward_a_step():
+    """A checkpoint trained with learned_guidance ≠ 1 samples without guidance copies by default
+    (10 forwards a joint clip, 10 an A2V one); guidance asked for explicitly still applies."""
+    from sampling import Sampling, denoiser_forwards
+    process = diffusion.from_config(get_config("tiny"))
+    assert process.learned_guidance == 4.0
+    how = Sampling().for_model(process)
+    assert how.xmodal_cfg == 1.0
+    assert (denoiser_forwards(process, how, "joint"), denoiser_forwards(process, how, "a2v")) == (10, 10)
+    asked = Sampling(xmodal_cfg=2.0).for_model(process)
+    assert (asked.xmodal_cfg, denoiser_forwards(process, asked, "joint")) == (2.0, 30)
+    plain = diffusion.from_config(get_config("tiny", learned_guidance=1.0))
+    assert Sampling().for_model(plain).xmodal_cfg == 4.0
+    with pytest.raises(ValueError, match="learned_guidance must be ≥ 1"):
+        get_config("tiny", learned_guidance=0.5)

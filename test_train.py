@@ -314,8 +314,10 @@ def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_p
     assert models.process.mix == (1.0, 0.0, 0.0)
     how = Sampling().for_model(models.process)
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio) == ("replace", 1.0, False)
-    how = Sampling().for_model(processes.from_config(get_config("tiny")))
+    how = Sampling().for_model(processes.from_config(get_config("tiny", learned_guidance=1.0)))
     assert (how.conditioning, how.xmodal_cfg, how.resample_audio, how.steps) == ("native", 4.0, False, 10)
+    how = Sampling().for_model(processes.from_config(get_config("tiny")))   # guidance in the weights
+    assert (how.conditioning, how.xmodal_cfg, how.resample_audio, how.steps) == ("native", 1.0, False, 10)
     sample.main(["--out_dir", str(tmp_path), "--n", "1", "--steps", "3", "--mode", "v2a", "--cond", _clip(tmp_path)])
     assert os.path.exists(tmp_path / "samples" / "000.wav")
 

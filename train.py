@@ -406,8 +406,10 @@ def train_dit():
     while step < max_steps:
         idx = torch.from_numpy(batch_indices(len(latents), step)).to(dev)
         x0, y = latents[idx], (labels[idx] if cfg.num_classes else None)
+        # model guidance (PAPER.md §5) in the last cfg.learned_guidance_steps steps, the plain target before
+        guided = step >= max_steps - cfg.learned_guidance_steps
         with amp:
-            loss = process.loss(fwd, x0, y)
+            loss = process.loss(fwd, x0, y, guidance=process.learned_guidance if guided else 1.0)
         grad_norm = optimizer_step(opt, params, loss, step)
         with torch.no_grad():  # EMA: ema ← decay·ema + (1−decay)·w, in one fused call
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
