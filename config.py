@@ -142,6 +142,10 @@ class Config:
              f"learned_guidance_steps must be ≥ 0, got {self.learned_guidance_steps}")
         mix = (self.mix_equal, self.mix_independent, self.mix_clean)
         need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
+        # the guided target contrasts a stream with its partner at pure noise: only independent levels train that
+        need(self.learned_guidance == 1 or self.mix_independent > 0,
+             f"learned_guidance {self.learned_guidance} needs mix_independent > 0 (the partner at pure noise "
+             "is learned there); set learned_guidance 1 for this mixture")
         return self
 
     def to_dict(self) -> dict:

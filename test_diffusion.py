@@ -294,3 +294,5 @@ def test_learned_guidance_runs_one_forward_a_step():
     assert Sampling().for_model(plain).xmodal_cfg == 4.0
     with pytest.raises(ValueError, match="learned_guidance must be ≥ 1"):
         get_config("tiny", learned_guidance=0.5)
+    with pytest.raises(ValueError, match="learned_guidance 4.0 needs mix_independent > 0"):
+        get_config("tiny", mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)

@@ -306,7 +306,7 @@ def test_checkpoints_from_before_per_modality_levels_still_sample(trained, tmp_p
     from pipeline import load_models
     for stage in ("ae", "dit"):
         ck = torch.load(os.path.join(trained, f"{stage}.pt"), weights_only=True)
-        for field in ("mix_equal", "mix_independent", "mix_clean"):
+        for field in ("mix_equal", "mix_independent", "mix_clean", "learned_guidance"):   # all later fields
             del ck["config"][field]
         torch.save(ck, tmp_path / f"{stage}.pt")
     models = load_models(str(tmp_path))
@@ -328,7 +328,7 @@ def test_sampling_defaults_follow_the_checkpoint(trained, tmp_path):
     out = str(tmp_path)
     os.link(os.path.join(trained, "ae.pt"), os.path.join(out, "ae.pt"))
     train.main(["--stage", "dit", "--max_steps", "1", "--out_dir", out,
-                "--mix_equal", "1", "--mix_independent", "0", "--mix_clean", "0"] + TOY)
+                "--mix_equal", "1", "--mix_independent", "0", "--mix_clean", "0", "--learned_guidance", "1"] + TOY)
 
     def clips(*extra):
         sample.main(["--out_dir", out, "--n", "2", "--steps", "3", *extra])
