@@ -125,7 +125,8 @@ def default_run_table(counts) -> str:
     rows = []
     for p, r in counts.items():
         cfg, parts = get_config(p), []
-        guided = min(cfg.learned_guidance_steps, STAGE_DEFAULTS["dit"]["max_steps"]) if cfg.learned_guidance != 1 else 0
+        # the DiT's last learned_guidance_steps train toward the guided target (train.py), where it learns guidance
+        guided = min(cfg.learned_guidance_steps, STAGE_DEFAULTS["dit"]["max_steps"]) * (cfg.learned_guidance != 1)
         for stage, name, steps in (("ae", "AE stage", STAGE_DEFAULTS["ae"]["max_steps"]),
                                    ("dit", "DiT stage", STAGE_DEFAULTS["dit"]["max_steps"] - guided)):
             batch = STAGE_DEFAULTS[stage]["batch_size"]
