@@ -105,38 +105,51 @@ def count_table(counts) -> str:
                      "STDiT", "STDiT unprojected", "unprojected ÷ projected"], rows))
 
 
-def training_step_flops(stage, cfg, batch, guided=False) -> int:
+def training_step_flops(stage, cfg, batch, guided=False, shortcut=False) -> int:
     """FLOPs of one training step of `stage` at `batch` clips on the meta device: forward + backward
-    (memory.training_loss, grad_checkpoint off; `guided`: a step toward the learned-guidance target)
-    and the update of the stage's default optimizer (Muon's Newton-Schulz products; AdamW's update
-    has no matrix product)."""
+    (memory.training_loss, grad_checkpoint off; `guided`: a step toward the learned-guidance target;
+    `shortcut`: a step of the shortcut phase) and the update of the stage's default optimizer (Muon's
+    Newton-Schulz products; AdamW's update has no matrix product)."""
     meta = torch.device("meta")
     with meta:
-        model, loss_fn, _ = training_loss(stage, cfg, batch, meta, guided)
+        model, loss_fn, _ = training_loss(stage, cfg, batch, meta, guided, shortcut)
         opt = make_optimizer(model, STAGE_DEFAULTS[stage]["optimizer"], STAGE_DEFAULTS[stage]["lr"])
         return flops_of(lambda: loss_fn().backward()) + flops_of(opt.step)
+
+
+def dit_phases(cfg, max_steps) -> dict:
+    """{(guided, shortcut): steps} of a DiT stage of `max_steps`, as train.py runs it: its last
+    learned_guidance_steps toward the guided target (where the config learns guidance), its last
+    shortcut_steps with the shortcut loss; the rest plain. Phases of no steps are left out."""
+    guided = min(cfg.learned_guidance_steps, max_steps) * (cfg.learned_guidance != 1)
+    shortcut = min(cfg.shortcut_steps, max_steps)
+    both = min(guided, shortcut)
+    counts = {(False, False): max_steps - max(guided, shortcut), (True, False): guided - both,
+              (False, True): shortcut - both, (True, True): both}
+    return {phase: n for phase, n in counts.items() if n}
 
 
 def default_run_table(counts) -> str:
     """The training compute of the default run at each preset: the AE stage (max_steps × one step at
     the stage's batch), the training clips encoded to latents once (TRAIN_CLIPS × one MDSA encode), the
-    DiT stage (max_steps × one step at its batch, the config's mixture of noise levels; its last
-    learned_guidance_steps toward the guided target, where the config learns guidance), and the total."""
+    DiT stage (max_steps × one step at its batch, the config's mixture of noise levels), one row per
+    phase of it (`dit_phases`), and the total."""
+    names = {(False, False): ("DiT stage", ""), (True, False): ("DiT, guided target", ", + the two no-grad copies"),
+             (False, True): ("DiT, shortcut steps", ", a quarter by two no-grad half steps"),
+             (True, True): ("DiT, guided + shortcut", ", a quarter by two no-grad half steps, the rest guided")}
     rows = []
     for p, r in counts.items():
         cfg, parts = get_config(p), []
-        # the DiT's last learned_guidance_steps train toward the guided target (train.py), where it learns guidance
-        guided = min(cfg.learned_guidance_steps, STAGE_DEFAULTS["dit"]["max_steps"]) * (cfg.learned_guidance != 1)
-        for stage, name, steps in (("ae", "AE stage", STAGE_DEFAULTS["ae"]["max_steps"]),
-                                   ("dit", "DiT stage", STAGE_DEFAULTS["dit"]["max_steps"] - guided)):
-            batch = STAGE_DEFAULTS[stage]["batch_size"]
-            parts.append((name, f"{steps:,} steps × batch {batch}, forward + backward + update", steps,
-                          training_step_flops(stage, cfg, batch)))
-        if guided:
-            batch = STAGE_DEFAULTS["dit"]["batch_size"]
-            parts.append(("DiT, guided target", f"{guided:,} steps × batch {batch}, + the two no-grad copies",
-                          guided, training_step_flops("dit", cfg, batch, guided=True)))
-        parts.insert(1, ("latents", f"{TRAIN_CLIPS:,} clips × one MDSA encode", TRAIN_CLIPS, r["ae_encode"]))
+        batch = STAGE_DEFAULTS["ae"]["batch_size"]
+        steps = STAGE_DEFAULTS["ae"]["max_steps"]
+        parts.append(("AE stage", f"{steps:,} steps × batch {batch}, forward + backward + update", steps,
+                      training_step_flops("ae", cfg, batch)))
+        parts.append(("latents", f"{TRAIN_CLIPS:,} clips × one MDSA encode", TRAIN_CLIPS, r["ae_encode"]))
+        batch = STAGE_DEFAULTS["dit"]["batch_size"]
+        for (guided, shortcut), steps in dit_phases(cfg, STAGE_DEFAULTS["dit"]["max_steps"]).items():
+            name, extra = names[guided, shortcut]
+            parts.append((name, f"{steps:,} steps × batch {batch}, forward + backward + update{extra}", steps,
+                          training_step_flops("dit", cfg, batch, guided, shortcut)))
         rows += [(p, name, what, f"{each / 1e9:,.2f}", f"{n * each / 1e12:,.1f}")
                  for name, what, n, each in parts]
         rows.append((p, "**total**", "", "", f"**{sum(n * each for *_, n, each in parts) / 1e12:,.1f}**"))
@@ -174,7 +187,7 @@ def sampler_table(counts) -> str:
         runs = [("default joint clip", Sampling(), "joint"), ("default a2v/v2a clip", Sampling(), "v2a")]
         runs += [(f"{s}-{DEFAULT_STEPS[s]}, one unguided run",
                   Sampling(s, DEFAULT_STEPS[s], xmodal_cfg=1.0, resample_audio=False), "joint")
-                 for s in SAMPLERS[process.objective]]
+                 for s in SAMPLERS[process.objective] if s != "shortcut" or process.shortcut]  # shortcut: taught models
         for k in sorted({COMPARED_STEPS, DEFAULT_STEPS["dpm++"]}):
             if k != DEFAULT_STEPS["dpm++"]:                        # that one is listed above
                 runs.append((f"dpm++-{k}, one unguided run",

@@ -81,6 +81,9 @@ class Config:
     learned_guidance: float = 4.0  # w ≠ 1: the denoiser learns the cross-modal-guided prediction at scale w
                                 # itself (model guidance), so sampling needs no guidance copies; 1 = none
     learned_guidance_steps: int = 1000  # with w ≠ 1: the last this many DiT steps train toward the guided target
+    shortcut_steps: int = 1000  # flow: the last this many DiT steps also teach steps of 1/2^k of the way (a
+                                # quarter of each batch, self-consistency): the "shortcut" sampler's 1-64
+                                # steps, and better motion under DPM-Solver; 0 = off, no step-size input
 
     # ---- derived sizes ----
     @property
@@ -140,6 +143,10 @@ class Config:
         need(self.learned_guidance >= 1, f"learned_guidance must be ≥ 1, got {self.learned_guidance}")
         need(self.learned_guidance_steps >= 0,
              f"learned_guidance_steps must be ≥ 0, got {self.learned_guidance_steps}")
+        need(self.shortcut_steps >= 0, f"shortcut_steps must be ≥ 0, got {self.shortcut_steps}")
+        need(self.shortcut_steps == 0 or self.objective == "flow",
+             f"shortcut_steps {self.shortcut_steps} needs objective flow (a step along the straight path); "
+             "set shortcut_steps 0 for ddpm")
         mix = (self.mix_equal, self.mix_independent, self.mix_clean)
         need(min(mix) >= 0 and sum(mix) > 0, f"the noise-level mixture {mix} needs weights ≥ 0 with a positive sum")
         # the guided target contrasts a stream with its partner at pure noise: only independent levels train that
@@ -165,6 +172,7 @@ class Config:
         d.setdefault("objective", "ddpm")   # written before rectified flow: DDPM was the only process
         d.setdefault("flow_shift", 1.0)
         d.setdefault("learned_guidance", 1.0)  # written before model guidance: the sampler guides
+        d.setdefault("shortcut_steps", 0)      # written before shortcut steps: no step-size input
         if "mix_equal" not in d:  # written before per-modality noise levels: trained on t_v = t_a only
             d.update(mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)
         if "mt_scales" in d:
@@ -177,7 +185,7 @@ class Config:
 DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
               "class_dropout", "objective", "flow_shift", "diffusion_steps", "schedule", "prediction",
               "mix_equal", "mix_independent", "mix_clean", "min_snr_gamma", "learned_guidance",
-              "learned_guidance_steps")
+              "learned_guidance_steps", "shortcut_steps")
 
 Preset = Literal["tiny", "paper"]   # the names of PRESETS, for the scripts' --preset
 PRESETS = {
@@ -190,7 +198,8 @@ PRESETS = {
                     ae_full_res_block=True,
                     gcm_group=4, latent_channels=4, patch=1, dit_depth=28, dit_width=1152, dit_heads=16,
                     cross_plane="position", objective="ddpm", prediction="eps",   # §4, §5 as PAPER.md states them
-                    learned_guidance=1.0),  # model guidance is measured at tiny only: the sampler guides
+                    learned_guidance=1.0, shortcut_steps=0),  # model guidance and shortcut steps are
+                                                              # measured at tiny only (and need flow)
 }
 
 

@@ -60,3 +60,25 @@ def gaussian_velocity(sd):
         var = (1 - t) ** 2 * sd ** 2 + t ** 2
         return ((t - (1 - t) * sd ** 2) / var * x.double()).to(x.dtype)
     return model
+
+
+def gaussian_shortcut(sd, shift):
+    """The exact shortcut velocity of x0 ~ N(0, sd²·I) on the flow path shifted by `shift`: the ODE
+    maps x_t to x_r = (σ_r/σ_t)·x_t with σ_t² = (1−t)²·sd² + t², so the average velocity over a step
+    of size δ from t (r = warp(unwarp(t) − δ)) is (1 − σ_r/σ_t)/(t − r)·x_t; δ = 0 (or step None) is
+    `gaussian_velocity`'s. Levels per clip `B` or per modality `B×2` (a plane at t = 0 gets 0)."""
+    from model import VIDEO_PLANES
+    sigma = lambda t: ((1 - t) ** 2 * sd ** 2 + t ** 2).sqrt()          # noqa: E731
+
+    def model(x, t_model, y=None, step=None):
+        t = t_model.double() / 1000.0
+        t = t[:, None].expand(-1, x.shape[2]) if t.dim() == 1 else torch.where(VIDEO_PLANES, t[:, :1], t[:, 1:])
+        delta = torch.zeros(x.shape[0], dtype=torch.float64) if step is None else step.double() / 1000.0
+        u = t / (shift - (shift - 1) * t)                                # the grid's level before the shift
+        below = (u - delta[:, None]).clamp(min=0.0)
+        r = shift * below / (1 + (shift - 1) * below)
+        average = (1 - sigma(r) / sigma(t)) / (t - r).clamp(min=1e-300)
+        speed = (t - (1 - t) * sd ** 2) / sigma(t) ** 2                 # the instantaneous velocity's factor
+        factor = torch.where(delta[:, None] > 0, average, speed).masked_fill(t == 0, 0.0)
+        return (factor.reshape(x.shape[0], 1, -1, *[1] * (x.dim() - 3)) * x.double()).to(x.dtype)
+    return model

@@ -8,6 +8,8 @@ The forward processes over the stacked latent and their training losses: PAPER.m
                  loss: MSE on ε (DDPM) or on v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho)      [DDPM; ours]
   Flow           rectified flow: x_t = (1 − t)·x0 + t·ε, t ∈ [0, 1]; the network predicts the
                  velocity v = ε − x0; t drawn logit-normal and shifted              [ours, after SD3]
+                 shortcut steps: the velocity of a whole step of size δ, taught by self-consistency
+                 (one step of δ = two of δ/2), so a few steps follow the ODE   [ours, after Frans et al. 2025]
   both           a noise level per clip or per modality (t_v, t_a), drawn from a mixture of
                  equal, independent and one-clean pairs       [ours, after UniDiffuser and AVDiT]
 
@@ -30,6 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from model import VIDEO_PLANES
+
+# Shortcut steps (Flow.shortcut_loss): steps of 1/2^k of the way, k < SHORTCUT_LEVELS, are taught,
+# the finest (1/64) from two halves of the instantaneous velocity; one clip in SHORTCUT_SHARE of a
+# batch learns a step, Frans et al.'s quarter.
+SHORTCUT_LEVELS = 7
+SHORTCUT_SHARE = 4
 
 # ----------------------------------------------------------------------------------------------
 # Noise schedules and sampling grids
@@ -114,6 +122,8 @@ class NoiseProcess(ABC):
     clean = 0                        # the level of a modality given clean, in both processes
     learned_guidance = 1.0           # the cross-modal guidance scale the model was trained to output
                                      # itself (`loss(guidance=)`); from_config sets it from the config
+    shortcut = False                 # whether the model learned shortcut steps (Flow.shortcut_loss): it
+                                     # takes a step size; from_config sets it from the config
 
     def __init__(self, mix=(1.0, 0.0, 0.0), min_snr_gamma=0.0):
         mix = tuple(float(w) for w in mix)
@@ -479,6 +489,64 @@ class Flow(NoiseProcess):
             raise ValueError(f"steps must be at least 1, not {steps}")
         return [self.warp(k / steps) for k in range(1, steps + 1)]
 
+    # ---- shortcut steps [ours, after Frans et al. 2025, "One step diffusion via shortcut models"] ----
+    # The sampling grid is uniform in u, the level before the shift: t = warp(u). A step of size δ
+    # (a power of two) goes from u to u − δ. The network, told δ (STDiT's `step`), outputs the
+    # average velocity over that step, (x_t − x_r)/(t − r), so x_r = x_t − (t − r)·v̂ follows the
+    # ODE in one call; δ = 0 is the instantaneous velocity that `loss` teaches.
+
+    def shortcut_loss(self, model, x0, y=None, guidance=1.0):
+        """The shortcut phase's loss, a scalar: one clip in SHORTCUT_SHARE (at least one) learns a
+        step by self-consistency (`consistency_loss`), the rest the velocity (`loss`, with model
+        guidance w = `guidance`); the two means are weighed by their clips. x0 `B×c×P×L×L`."""
+        n = max(1, x0.shape[0] // SHORTCUT_SHARE)
+        part = lambda lo, hi: None if y is None else y[lo:hi]    # noqa: E731 (the labels of those clips)
+        consistency = self.consistency_loss(model, x0[:n], part(0, n))
+        if n == x0.shape[0]:
+            return consistency
+        velocity = self.loss(model, x0[n:], part(n, None), guidance=guidance)
+        return (n * consistency + (x0.shape[0] - n) * velocity) / x0.shape[0]
+
+    def consistency_loss(self, model, x0, y=None, *, k=None, u=None, clean=None, noise=None):
+        """Self-consistency: the network's step of δ = 2^-k from u (levels t = warp(u),
+        t_mid = warp(u − δ/2), r = warp(u − δ)) regresses the two half steps it makes itself, under no
+        gradient: v1 at x_t, x_mid = x_t − (t − t_mid)·v1, v2 at x_mid, and the target
+        ((t − t_mid)·v1 + (t_mid − r)·v2)/(t − r), the average velocity of the two.
+        The finest halves (δ/2 = 2^-SHORTCUT_LEVELS) are the instantaneous velocity (step 0), which
+        `loss` teaches; each coarser step learns from the finer ones. A scalar.
+
+        x0 `B×c×P×L×L`. Drawn unless given (tests): k `B` long, uniform over 0..SHORTCUT_LEVELS − 1;
+        u `B`, a multiple of δ in (0, 1] drawn uniformly, so each step lies on a sampling grid;
+        clean `B×2` bool, one modality clean (as A2V / V2A sample it) in the mixture's share of
+        one-clean among equal and one-clean pairs, else both at t (joint); noise like x0. A class
+        label, where the model has them, is dropped independently in each of the three forwards."""
+        batch, device = x0.shape[0], x0.device
+        if k is None:
+            k = torch.randint(0, SHORTCUT_LEVELS, (batch,), device=device)
+        width = 0.5 ** k.double()                                     # δ, exact in float64
+        if u is None:
+            u = (torch.floor(torch.rand(batch, device=device, dtype=torch.float64) / width) + 1) * width
+        t, mid, r = (self.warp(u - f * width).float() for f in (0.0, 0.5, 1.0))
+        half = torch.where(k == SHORTCUT_LEVELS - 1, 0.0, 0.5 * width).float()
+        if clean is None:
+            one_clean = self.mix[2] / max(self.mix[0] + self.mix[2], 1e-12)
+            which = torch.rand(batch, device=device) < 0.5
+            some = torch.rand(batch, device=device) < one_clean
+            clean = torch.stack([some & which, some & ~which], dim=1)
+        noise = torch.randn_like(x0) if noise is None else noise
+        pair = lambda lv: torch.stack([lv, lv], dim=1).masked_fill(clean, self.clean)  # noqa: E731 (B×2)
+        clean_planes = self._per_plane(clean, x0)                     # B×1×P×1×1 bool
+        x_t = torch.where(clean_planes, x0, self.q_sample(x0, pair(t), noise))
+        with torch.no_grad():
+            v1 = model(x_t, self.model_time(pair(t)), y, step=self.model_time(half)).float()
+            x_mid = torch.where(clean_planes, x0, x_t - self._shaped(t - mid, x0) * v1)
+            v2 = model(x_mid, self.model_time(pair(mid)), y, step=self.model_time(half)).float()
+            target = (self._shaped(t - mid, v1) * v1 + self._shaped(mid - r, v2) * v2) / self._shaped(t - r, v1)
+        out = model(x_t, self.model_time(pair(t)), y, step=self.model_time(width.float())).float()
+        weight = (~clean_planes).float()
+        err = (out - target).pow(2) * weight
+        return err.sum() / weight.expand_as(err).sum().clamp(min=1.0)  # the mean over noised elements
+
 
 def from_config(cfg) -> NoiseProcess:
     """The forward process a config trains: `DDPM` or rectified flow (`Flow`)."""
@@ -489,4 +557,5 @@ def from_config(cfg) -> NoiseProcess:
         process = DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix,
                        min_snr_gamma=cfg.min_snr_gamma)
     process.learned_guidance = cfg.learned_guidance
+    process.shortcut = cfg.shortcut_steps > 0
     return process

@@ -107,11 +107,13 @@ class SavedForBackward(torch.autograd.graph.saved_tensors_hooks):
                 "max_block": max(per_block, default=0)}
 
 
-def training_loss(stage, cfg, batch, dev, guided=False):
+def training_loss(stage, cfg, batch, dev, guided=False, shortcut=False):
     """One stage's training step on seeded random data: (model in train mode, loss_fn() → the scalar
     loss, the blocks grad_checkpoint recomputes). AE: video `B×3×T×S×S`, audio `B×1×T×M×F` in
-    [-1, 1]; DiT: latents `B×c×P×L×L`, the training mixture of noise levels, and with `guided` the
-    guided target of the config's learned_guidance (its no-grad forward of two copies)."""
+    [-1, 1]; DiT: latents `B×c×P×L×L`, the training mixture of noise levels, with `guided` the
+    guided target of the config's learned_guidance (its no-grad forward of two copies), with
+    `shortcut` the shortcut phase's loss (a quarter of the batch learns a step from two no-grad
+    half steps)."""
     torch.manual_seed(0)
     if stage == "ae":
         model = MDSA(cfg).to(dev).train()
@@ -121,7 +123,8 @@ def training_loss(stage, cfg, batch, dev, guided=False):
     model, process = STDiT(cfg).to(dev).train(), diffusion.from_config(cfg)
     z = torch.randn(batch, *latent_shape(cfg), device=dev)
     guidance = process.learned_guidance if guided else 1.0
-    return model, lambda: process.loss(model, z, guidance=guidance), list(model.blocks)
+    loss = process.shortcut_loss if shortcut else process.loss
+    return model, lambda: loss(model, z, guidance=guidance), list(model.blocks)
 
 
 # ----------------------------------------------------------------------------- measured memory

@@ -269,10 +269,12 @@ class STDiT(nn.Module):
     """The denoiser over a stacked latent: predicts ε or v (cfg.prediction; diffusion.py converts).
 
     STDiT(cfg, num_frames=6):
-      forward(x: B×c×P×L×L float, t, y: B long or None) → ε̂ or v̂: B×c×P×L×L
+      forward(x: B×c×P×L×L float, t, y: B long or None, step: B float or None) → ε̂ or v̂: B×c×P×L×L
         t: `B`, one noise level for every plane, or `B×2`, column 0 = t_v for the video planes,
            column 1 = t_a for the audio planes (the six-plane model only); DDPM's integer
            indices in [0, cfg.diffusion_steps), or flow's 1000·t as floats (diffusion.py).
+        step: with cfg.shortcut_steps > 0 only, the size of the step the velocity is for, in the
+           same units (1000·δ; None = 0, the instantaneous velocity): diffusion.Flow.shortcut_loss.
     P = num_frames latent frames (6 planes, or 2·T' for the unprojected baseline), c =
     cfg.latent_channels, L = cfg.latent_size, patch p = cfg.patch.
 
@@ -281,6 +283,7 @@ class STDiT(nn.Module):
     network learns every pair of noise levels: a modality given clean (t = 0) beside a noisy one is
     how A2V and V2A are sampled [ours, after UniDiffuser]. t_v = t_a computes exactly what the `B`
     form computes. With num_classes > 0 and y=None the null label is used (the unconditional branch).
+    A model with shortcut steps adds emb(step) to both groups' conditioning.
 
     `grad_checkpoint` (default False; train.py sets it on the instance) recomputes each block in the
     backward pass of a training step: the same numbers, less activation memory, ~1 more forward.
@@ -308,6 +311,9 @@ class STDiT(nn.Module):
         # Learned per-plane embedding: tells v_hw from a_th etc., since attention is permutation-blind.
         self.frame_embed = nn.Parameter(torch.zeros(num_frames, width))                      # P×D
         self.t_embed = TimestepEmbedder(width)
+        # Shortcut models (PAPER.md §5): the size of the step the output is for, embedded as t is; a
+        # model trained without shortcut steps has no such input, so its checkpoints load unchanged.
+        self.step_embed = TimestepEmbedder(width) if cfg.shortcut_steps > 0 else None
         self.y_embed = LabelEmbedder(cfg.num_classes, width, cfg.class_dropout) if cfg.num_classes > 0 else None
         self.blocks = nn.ModuleList(STDiTBlock(width, cfg.dit_heads, cfg.mlp_ratio, cfg.cross_plane, self.grid)
                                     for _ in range(cfg.dit_depth))
@@ -330,6 +336,10 @@ class STDiT(nn.Module):
         nn.init.normal_(self.frame_embed, std=0.02)
         for layer in (self.t_embed.mlp[0], self.t_embed.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
+        if self.step_embed is not None:
+            # zero output: until the shortcut phase trains it, every step size gets the flow velocity
+            nn.init.normal_(self.step_embed.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.step_embed.mlp[2].weight)
         if self.y_embed is not None:
             nn.init.normal_(self.y_embed.table.weight, std=0.02)
         # adaLN-Zero: zero shift/scale/gate makes every block the identity at step 0 (a residual
@@ -349,7 +359,7 @@ class STDiT(nn.Module):
         on plane row h·p + ph, column w·p + pw."""
         return rearrange(x, "B P (h w) (ph pw c) -> B c P (h ph) (w pw)", h=self.grid, ph=self.patch, pw=self.patch)
 
-    def forward(self, x, t, y=None):
+    def forward(self, x, t, y=None, step=None):
         expected = (self.channels, self.num_frames, self.size, self.size)
         if tuple(x.shape[1:]) != expected:                            # static shapes: a compile guard, not a break
             raise ValueError(f"STDiT: expected input B×{'×'.join(map(str, expected))} (c×P×L×L), got {tuple(x.shape)}")
@@ -373,6 +383,13 @@ class STDiT(nn.Module):
             cond = self.t_embed(t)                                    # B×D
             if label is not None:
                 cond = cond + label
+        if self.step_embed is not None:                               # the step size, for both modalities
+            step = torch.zeros(t.shape[:1], device=t.device) if step is None else step   # none: the velocity
+            size = self.step_embed(step)                              # B×D
+            cond = (cond[0] + size, cond[1] + size) if per_modality else cond + size
+        elif step is not None:
+            raise ValueError("STDiT: a step size was given, but this model was trained without shortcut steps "
+                             "(cfg.shortcut_steps = 0)")
 
         # grad_checkpoint (set by train.py, not part of the Config): keep only each block's input for
         # backward and recompute the block there, so activation memory holds one block's, not all;

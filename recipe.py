@@ -32,6 +32,9 @@ STAGE_DEFAULTS = {
 TRAIN_CLIPS = 4000  # BounceClick clips in the default training set; the DiT stage encodes each once
 
 MUON_TORCH = "2.9.0"  # the first torch release with torch.optim.Muon
+# Newton-Schulz iterations that orthogonalise each Muon update (torch's default is 5): 3 learn sync
+# and motion as well at 3/5 of the products (RESULTS.md, the training recipe)
+MUON_NS_STEPS = 3
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -97,7 +100,7 @@ def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused
     if not matrices:
         return Optimizers(adamw)
     muon = torch.optim.Muon([p for _, p in matrices], lr=lr, weight_decay=weight_decay, momentum=0.95,
-                            adjust_lr_fn="match_rms_adamw")
+                            adjust_lr_fn="match_rms_adamw", ns_steps=MUON_NS_STEPS)
     return Optimizers(muon, adamw)
 
 

@@ -8,6 +8,7 @@ The reverse process: sampling the stacked latent from noise (PAPER.md §5).
                  f(x, t, level) → prediction, one update per call on any path x_t = α_t·x0 + σ_t·ε:
                  DDIM (η; DDPM's ancestral sampler is η = 1) and Euler, DPM-Solver++(2M)
                  (Lu et al. 2022) in data-prediction form, its SDE form at η = 1             [ours]
+                 shortcut: 1-64 steps of a model taught their size (Frans et al. 2025)       [ours]
   *_denoiser     f for each way to sample, where conditioning and guidance live:
                  joint: classifier-free guidance on the label, and cross-modal guidance, each
                  stream against the other at pure noise                        [ours, after UniDiffuser]
@@ -28,17 +29,19 @@ from typing import Literal, Optional, get_args
 import torch
 from tqdm import tqdm
 
+from diffusion import SHORTCUT_LEVELS
 from model import VIDEO_PLANES
 
 # The allowed values of the sampling choices (each listed once, here; `Sampling` below holds the defaults).
-Sampler = Literal["dpm++", "ddim", "ddpm", "euler"]
+Sampler = Literal["dpm++", "ddim", "ddpm", "euler", "shortcut"]
 Grid = Literal["time", "logsnr"]
 Conditioning = Literal["native", "replace"]
-SAMPLERS = {"ddpm": ("dpm++", "ddim", "ddpm"), "flow": ("dpm++", "euler")}   # by objective
+SAMPLERS = {"ddpm": ("dpm++", "ddim", "ddpm"), "flow": ("dpm++", "euler", "shortcut")}   # by objective
 # Steps per run each sampler takes unless told otherwise. DPM-Solver++ at 10 is the fewest that keep
 # every sync target with the default denoiser (RESULTS.md, "How many denoiser calls does a sounding
-# clip need?"). Ancestral sampling, first order with the most noise, needs the most.
-DEFAULT_STEPS = {"dpm++": 10, "ddim": 50, "ddpm": 250, "euler": 50}
+# clip need?"). Ancestral sampling, first order with the most noise, needs the most. Shortcut steps
+# (a model trained for them) take a power of two, each of the size it was taught.
+DEFAULT_STEPS = {"dpm++": 10, "ddim": 50, "ddpm": 250, "euler": 50, "shortcut": 8}
 
 # ----------------------------------------------------------------------------------------------
 # How to sample: the one owner of the defaults
@@ -51,10 +54,11 @@ class Sampling:
     train.py's previews and pipeline.generate all read from here. None means "as the checkpoint
     was trained for": `for_model` decides it from the denoiser's objective and noise-level mixture."""
     sampler: Sampler = "dpm++"         # the solver: DPM-Solver++(2M) (both objectives), DDIM or DDPM's
-                                       # ancestral sampler (ddpm), Euler (flow)
+                                       # ancestral sampler (ddpm), Euler or shortcut steps (flow; a denoiser
+                                       # trained with them)
     steps: Optional[int] = None        # denoiser steps per run; auto = the sampler's own (dpm++ 10, ddim 50,
-                                       # ddpm 250, euler 50)
-    eta: float = 1.0                   # ddim / dpm++ noise: 1 = DDPM-like (syncs better), 0 = deterministic (the ODE)
+                                       # ddpm 250, euler 50, shortcut 8)
+    eta: float = 1.0                   # ddim / dpm++ / shortcut noise: 1 = DDPM-like (syncs better), 0 = deterministic (the ODE)
     grid: Grid = "time"                # levels spread uniformly in t, or in log-SNR (ddpm only)
     cfg_scale: float = 1.0             # classifier-free guidance scale on the class label (1 = none)
     xmodal_cfg: Optional[float] = None  # cross-modal guidance scale of joint and native a2v / v2a (1 = none);
@@ -92,6 +96,14 @@ class Sampling:
             conditioning=self.conditioning or ("native" if process.mix[2] > 0 else "replace"))
         if not 1 <= how.steps <= process.max_steps:        # messages start with the setting's name
             raise ValueError(f"steps must be in 1..{process.max_steps}, not {how.steps}")
+        if how.sampler == "shortcut":
+            if not process.shortcut:
+                raise ValueError("sampler shortcut needs a denoiser trained with shortcut steps (shortcut_steps > 0); "
+                                 "this one was not: use dpm++ or euler")
+            taught = [2 ** k for k in range(SHORTCUT_LEVELS)]
+            if how.steps not in taught:
+                raise ValueError(f"steps must be one of {', '.join(map(str, taught))} for sampler shortcut, "
+                                 f"not {how.steps}")
         for name in ("eta", "guidance", "cfg_scale", "xmodal_cfg", "guide_above"):
             if getattr(how, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, not {getattr(how, name)}")
@@ -175,12 +187,14 @@ def sample_latent(process, model, shape, how=Sampling(), *, y=None, known=None, 
     x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn()
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"sampling: noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
+    # shortcut steps: every call asks for a step of the grid's spacing, 1/steps of the way
+    net = WithStep(model, process.model_time(1.0 / how.steps)) if how.sampler == "shortcut" else model
     if known is None:
-        denoiser = joint_denoiser(process, model, how, y, randn)
+        denoiser = joint_denoiser(process, net, how, y, randn)
     else:
         known, known_mask = broadcast_known(known, known_mask, shape, device)
         make = native_denoiser if how.conditioning == "native" else replace_denoiser
-        denoiser = make(process, model, how, y, randn, known, known_mask)
+        denoiser = make(process, net, how, y, randn, known, known_mask)
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.eval()                                              # no label dropout while sampling
@@ -190,6 +204,22 @@ def sample_latent(process, model, shape, how=Sampling(), *, y=None, known=None, 
         if isinstance(model, torch.nn.Module):
             model.train(was_training)
     return x if known is None else torch.where(known_mask, known, x)   # the known planes, exactly
+
+
+class WithStep:
+    """`model(x, t, y)` that calls model(x, t, y, step=step) with one step size for every clip:
+    how the shortcut sampler asks a model trained for it (Flow.shortcut_loss) for the velocity of a
+    whole step, through the denoiser functions below unchanged."""
+
+    def __init__(self, model, step: float):
+        self.model, self.step = model, step
+
+    @property
+    def null_label(self):
+        return self.model.null_label
+
+    def __call__(self, x, t, y=None):
+        return self.model(x, t, y, step=torch.full(t.shape[:1], self.step, device=t.device))
 
 
 # ---- the denoiser function of each way to sample: conditioning and guidance live here. The
@@ -335,7 +365,9 @@ def ddim_step(process, x, pred, t, t_prev, how):
     x̂0): returns (α_prev·x̂0 + √(σ_prev² − s²)·ε̂, s), the next x being that plus s·z with
     s = η·(σ_prev/σ_t)·√(σ_t² − (α_t·σ_prev/α_prev)²). η = how.eta; sampler "euler" is η = 0,
     deterministic, and on the flow path exactly Euler's step x + (t_prev − t)·v̂; sampler "ddpm"
-    is η = 1, a draw from the posterior q(x_prev | x_t, x̂0): DDPM's ancestral step."""
+    is η = 1, a draw from the posterior q(x_prev | x_t, x̂0): DDPM's ancestral step. Sampler
+    "shortcut" is this step on the velocity of the whole step (`WithStep`): at η = 0 exactly the
+    shortcut step x_t − (t − t_prev)·v̂, and into t = 0, x̂0 = x_t − t·v̂."""
     x0, eps = process.x0_eps(x, pred, t)
     if t_prev is None:
         return x0, 0.0

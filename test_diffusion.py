@@ -9,7 +9,7 @@ import torch
 
 import diffusion
 from config import get_config
-from conftest import gaussian_velocity, randomized
+from conftest import gaussian_shortcut, gaussian_velocity, randomized
 from diffusion import DDPM, logsnr_timesteps
 from model import PLANE_NAMES, VIDEO_PLANES, STDiT, latent_shape, unprojected_stdit
 
@@ -296,3 +296,49 @@ def test_learned_guidance_runs_one_forward_a_step():
         get_config("tiny", learned_guidance=0.5)
     with pytest.raises(ValueError, match="learned_guidance 4.0 needs mix_independent > 0"):
         get_config("tiny", mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)
+
+
+# ---- shortcut steps: the self-consistency target ----
+
+def test_consistency_target_of_the_exact_model_is_zero():
+    """A model that outputs the exact average velocity over each step (Gaussian data) agrees with
+    its own two half steps: the self-consistency loss is 0 at every taught step size whose halves
+    are themselves shortcut steps, for joint and one-clean clips alike. At the finest size the
+    halves are the instantaneous velocity (two Euler steps of 1/128), so the loss is small, not 0;
+    a model whose step ignores δ is far off."""
+    flow, sd = diffusion.Flow(shift=2.0), 0.5
+    gen = torch.Generator().manual_seed(4)
+    x0 = sd * torch.randn(6, 1, 6, 1, 1, generator=gen, dtype=torch.float64)
+    noise = torch.randn(6, 1, 6, 1, 1, generator=gen, dtype=torch.float64)
+    clean = torch.tensor([[False, False], [True, False], [False, True]] * 2)
+    exact = gaussian_shortcut(sd, flow.shift)
+    for k in range(diffusion.SHORTCUT_LEVELS):
+        ks = torch.full((6,), k)
+        u = torch.tensor([1.0, 0.5, 1.0, 0.5 ** k, 1.0, 1.0], dtype=torch.float64)   # multiples of 2^-k
+        u = torch.maximum(u - u % 0.5 ** k, torch.tensor(0.5 ** k, dtype=torch.float64))
+        loss = flow.consistency_loss(exact, x0, k=ks, u=u, clean=clean, noise=noise).item()
+        assert loss < (1e-4 if k == diffusion.SHORTCUT_LEVELS - 1 else 1e-12), (k, loss)
+    instant = lambda x, t_model, y=None, step=None: gaussian_shortcut(sd, flow.shift)(x, t_model, y)  # noqa: E731
+    assert flow.consistency_loss(instant, x0, k=torch.zeros(6, dtype=torch.long), u=torch.ones(6, dtype=torch.float64),
+                                 clean=clean, noise=noise).item() > 0.01
+
+
+def test_shortcut_model_starts_as_the_flow_model_and_trains():
+    """A fresh STDiT with shortcut steps outputs the same for every step size (its step embedding's
+    output layer is zero), so the shortcut phase starts from the flow model; its loss has a
+    gradient into that embedding. A model without them refuses a step size."""
+    cfg = get_config("tiny", shortcut_steps=100, **SMALL)
+    model, process = STDiT(cfg), diffusion.from_config(cfg)
+    with torch.no_grad():
+        for block in model.blocks:                                    # open the gates: a non-trivial output
+            block.modulation[-1].weight.normal_(0, 0.1)
+        model.final.linear.weight.normal_(0, 0.1)
+    x, t = torch.randn(2, *latent_shape(cfg)), torch.tensor([300.0, 800.0])
+    assert torch.equal(model(x, t), model(x, t, step=torch.tensor([125.0, 1000.0])))
+    x0 = torch.randn(8, *latent_shape(cfg))
+    process.shortcut_loss(model, x0, guidance=4.0).backward()
+    assert model.step_embed.mlp[2].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="trained without shortcut steps"):
+        STDiT(get_config("tiny", shortcut_steps=0, **SMALL))(x, t, step=t)
+    with pytest.raises(ValueError, match="shortcut_steps 100 needs objective flow"):
+        get_config("tiny", shortcut_steps=100, objective="ddpm")

@@ -3,9 +3,11 @@ The reverse process of PAPER.md §5 (sampling.py): seeded sampling, the DDIM / D
 DPM-Solver++(2M) updates against closed forms (the exact probability-flow ODE of Gaussian data on
 both paths), guidance (class, cross-modal, reconstruction), A2V / V2A by replacement and natively
 against the exact conditional of a Gaussian toy, the noise-process contract the samplers read, and
-one sampling request from settings to clips (pipeline.generate_heldout). CPU only, seconds each.
+one sampling request from settings to clips (pipeline.generate_heldout), and shortcut steps landing on
+the exact ODE solution. CPU only, seconds each.
 """
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,12 +16,12 @@ import diffusion
 import pipeline
 from autoencoder import MDSA
 from config import get_config
-from conftest import gaussian_velocity, randomized
+from conftest import gaussian_shortcut, gaussian_velocity, randomized
 from diffusion import DDPM
 from model import VIDEO_PLANES, STDiT, latent_shape
-from sampling import Sampling, ddim_step, dpm_step, native_denoiser, sample_latent
+from sampling import Sampling, ddim_step, denoiser_forwards, dpm_step, native_denoiser, sample_latent
 
-SMALL = dict(dit_width=32, dit_depth=2, dit_heads=2, objective="ddpm")   # a small DDPM denoiser: seconds per run
+SMALL = dict(dit_width=32, dit_depth=2, dit_heads=2, objective="ddpm", shortcut_steps=0)   # a small DDPM denoiser: seconds per run
 
 
 # ---- seeded sampling, DDIM / DDPM, guidance at scale 1 ----
@@ -557,3 +559,43 @@ def test_generate_heldout_conditions_each_clip_on_its_own_item(monkeypatch):
                 label=torch.stack([it["label"] for it in chunk]))
             expected = pipeline.generate(m, len(chunk), how, mode=mode, generator=gen, **given)
             assert torch.equal(video, expected[0]) and torch.equal(wave, expected[1]), (mode, start)
+
+
+# ---- shortcut steps against closed forms ----
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_shortcut_sampler_lands_on_the_exact_ode_solution(steps):
+    """A model that outputs the exact average velocity of each step (Gaussian data) takes the
+    shortcut sampler (η = 0) from x_1 to the ODE's x_0 = sd·x_1 in any number of steps, one
+    included; the same model's instantaneous velocity under Euler misses it by far at 1 step.
+    Native A2V reaches it too on its free planes, the known ones kept."""
+    flow, sd = diffusion.Flow(shift=2.0, mix=(0.3, 0.35, 0.35)), 0.5
+    flow.shortcut = True
+    noise = torch.randn(64, 1, 6, 1, 1, generator=torch.Generator().manual_seed(0)).double()
+    model = gaussian_shortcut(sd, flow.shift)
+    how = Sampling("shortcut", steps, eta=0.0, xmodal_cfg=1.0)
+    out = sample_latent(flow, model, noise.shape, how, noise=noise).double()
+    torch.testing.assert_close(out, sd * noise, rtol=1e-5, atol=1e-6)   # float32 sampling
+    known = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1)).double()
+    a2v = sample_latent(flow, model, noise.shape, replace(how, conditioning="native"), noise=noise,
+                        known=known, known_mask=~VIDEO_PLANES).double()
+    torch.testing.assert_close(a2v[:, :, VIDEO_PLANES], sd * noise[:, :, VIDEO_PLANES], rtol=1e-5, atol=1e-6)   # float32 sampling
+    assert torch.equal(a2v[:, :, ~VIDEO_PLANES], known[:, :, ~VIDEO_PLANES])
+    if steps == 1:
+        euler = sample_latent(flow, gaussian_velocity(sd), noise.shape, replace(how, sampler="euler"), noise=noise)
+        assert (euler.double() - sd * noise).abs().max() > 0.1
+
+
+def test_shortcut_sampler_needs_a_model_taught_its_steps():
+    """Sampler shortcut only for a denoiser trained with shortcut steps, and only at the step sizes it
+    was taught: 8 steps unless told, one call each."""
+    flow = diffusion.Flow(shift=2.0)
+    with pytest.raises(ValueError, match="sampler shortcut needs a denoiser trained with shortcut steps"):
+        Sampling("shortcut", 4).for_model(flow)
+    flow.shortcut = True
+    with pytest.raises(ValueError, match="steps must be one of 1, 2, 4, 8, 16, 32, 64 for sampler shortcut"):
+        Sampling("shortcut", 3).for_model(flow)
+    with pytest.raises(ValueError, match="sampler must be one of dpm\\+\\+, ddim, ddpm"):
+        Sampling("shortcut", 4).for_model(DDPM(1000))
+    how = Sampling("shortcut").for_model(flow)
+    assert (how.sampler, how.steps, denoiser_forwards(flow, how, "joint"), denoiser_forwards(flow, how, "a2v")) == ("shortcut", 8, 8, 8)

@@ -18,7 +18,7 @@ from model import PLANE_NAMES, STDiT, latent_shape, stack_planes, unprojected_st
 
 
 # A small denoiser: the tiny latent (c=4, six 8×8 planes), fewer channels.
-SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2, objective="ddpm")   # integer timesteps below
+SMALL = dict(dit_width=32, dit_depth=1, dit_heads=2, objective="ddpm", shortcut_steps=0)   # integer timesteps below
 
 
 # ---- config (§6) ----
@@ -40,7 +40,7 @@ def test_checkpoint_configs_keep_their_process():
     assert (get_config("tiny").objective, get_config("tiny").flow_shift, get_config("paper").objective) == \
         ("flow", 2.0, "ddpm")
     old = get_config("tiny").to_dict()
-    del old["objective"], old["flow_shift"]
+    del old["objective"], old["flow_shift"], old["shortcut_steps"]   # none of them existed then
     assert (Config.from_dict(old).objective, Config.from_dict(old).flow_shift) == ("ddpm", 1.0)
 
 
@@ -225,7 +225,7 @@ def test_classifier_free_guidance(prediction):
 
 def test_tiny_stdit_overfits_one_batch():
     torch.manual_seed(0)
-    cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4, objective="ddpm")
+    cfg = get_config("tiny", num_classes=3, dit_width=64, dit_depth=2, dit_heads=4, objective="ddpm", shortcut_steps=0)
     model, process = STDiT(cfg), diffusion.from_config(cfg)
     gen = torch.Generator().manual_seed(6)
     x0 = torch.randn(2, *latent_shape(cfg), generator=gen)

@@ -70,7 +70,7 @@ save_every = 500       # steps between checkpoints (and one at the end)
 sync_every = 2000      # DiT: steps between quick held-out sync checks (out/dit_sync.csv); 0 = only at the end,
                        # -1 = none. Their cost: RESULTS.md, "When does the denoiser learn sync?"
 sync_clips = 24        # DiT: held-out clips per sync check, each sampled joint, A2V and V2A
-sync_steps = 10        # DiT: denoiser steps per run in the sync check (the rest of the sampling as sample.py's)
+sync_steps = 0         # DiT: denoiser steps per run in the sync check; 0 = sample.py's (its sampler's default)
 num_workers = 0        # DataLoader workers per process (0 suits 2 CPU cores; use ~8 per GPU)
 seed = 0               # weights, batches, noise: one seed fixes the run (each rank adds its rank)
 device = "auto"        # "auto" (cuda if available, else cpu), "cpu", "cuda" or "cuda:K"
@@ -406,10 +406,14 @@ def train_dit():
     while step < max_steps:
         idx = torch.from_numpy(batch_indices(len(latents), step)).to(dev)
         x0, y = latents[idx], (labels[idx] if cfg.num_classes else None)
-        # model guidance (PAPER.md §5) in the last cfg.learned_guidance_steps steps, the plain target before
-        guided = step >= max_steps - cfg.learned_guidance_steps
+        # model guidance and shortcut steps (PAPER.md §5) in the last cfg.learned_guidance_steps and
+        # cfg.shortcut_steps steps, the plain velocity before
+        guidance = process.learned_guidance if step >= max_steps - cfg.learned_guidance_steps else 1.0
         with amp:
-            loss = process.loss(fwd, x0, y, guidance=process.learned_guidance if guided else 1.0)
+            if step >= max_steps - cfg.shortcut_steps:
+                loss = process.shortcut_loss(fwd, x0, y, guidance=guidance)
+            else:
+                loss = process.loss(fwd, x0, y, guidance=guidance)
         grad_norm = optimizer_step(opt, params, loss, step)
         with torch.no_grad():  # EMA: ema ← decay·ema + (1−decay)·w, in one fused call
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
@@ -435,9 +439,10 @@ def train_dit():
 
 def check_sync(models: Models, step: int, seconds: float) -> dict:
     """Held-out sync-F1 (sync.sync_metrics) of the EMA denoiser's joint, A2V and V2A samples on
-    `sync_clips` held-out clips with `sync_steps` steps, one generator seeded 0 drawing the three
-    modes in turn (pipeline.generate_heldout): the figures `evaluate.py --what gen,a2v,v2a --n
-    sync_clips --batch_size sync_clips --steps sync_steps --seed 0` gives for this checkpoint.
+    `sync_clips` held-out clips, sampled as sample.py samples with `sync_steps` steps (0: its own), one
+    generator seeded 0 drawing the three modes in turn (pipeline.generate_heldout): the figures
+    `evaluate.py --what gen,a2v,v2a --n sync_clips --batch_size sync_clips --seed 0` gives for this
+    checkpoint (with `--steps sync_steps` where that is not 0).
     Appended to dit_sync.csv with the step and the stage's seconds so far; returns them for the bar."""
     if not master:
         return {}
@@ -446,7 +451,7 @@ def check_sync(models: Models, step: int, seconds: float) -> dict:
     gen, f1 = torch.Generator().manual_seed(0), {}
     for mode in ("joint", "a2v", "v2a"):
         with amp:
-            pairs = [pair for video, wave in generate_heldout(models, items, Sampling(steps=sync_steps), mode,
+            pairs = [pair for video, wave in generate_heldout(models, items, Sampling(steps=sync_steps or None), mode,
                                                               generator=gen, batch_size=sync_clips)
                      for pair in zip(video, wave)]
         f1[mode] = sync_metrics(pairs, models.cfg.fps, models.cfg.sample_rate)["f1"]
@@ -509,8 +514,9 @@ def main(argv):
         if globals()[k] in (0, "auto"):
             globals()[k] = v
     for name in ("max_steps", "batch_size", "warmup_steps", "train_clips", "eval_clips", "log_every", "save_every",
-                 "sync_clips", "sync_steps"):
+                 "sync_clips"):
         need(globals()[name] >= 1, f"--{name} must be at least 1, not {globals()[name]}")
+    need(sync_steps >= 0, f"--sync_steps must be ≥ 0 (0 = sample.py's), not {sync_steps}")
     for name in ("preview_every", "sync_every"):
         need(globals()[name] >= -1, f"--{name} must be ≥ 0, or -1 for none, not {globals()[name]}")
     for name in ("num_workers", "weight_decay"):
