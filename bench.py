@@ -29,6 +29,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -39,7 +40,7 @@ from config import PRESETS, get_config, need, parse_cli, settings_of
 from memory import AttentionKernel, memory_tables, training_loss
 from model import STDiT, latent_shape, unprojected_stdit
 from pipeline import Models, Precision, autocast, generate, pick_device, use_bf16
-from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, make_optimizer
+from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, dit_phase, make_optimizer
 from sampling import DEFAULT_STEPS, SAMPLERS, Sampling, denoiser_forwards, sample_latent
 
 # ----------------------------------------------------------------------------- settings
@@ -118,15 +119,9 @@ def training_step_flops(stage, cfg, batch, guided=False, shortcut=False) -> int:
 
 
 def dit_phases(cfg, max_steps) -> dict:
-    """{(guided, shortcut): steps} of a DiT stage of `max_steps`, as train.py runs it: its last
-    learned_guidance_steps toward the guided target (where the config learns guidance), its last
-    shortcut_steps with the shortcut loss; the rest plain. Phases of no steps are left out."""
-    guided = min(cfg.learned_guidance_steps, max_steps) * (cfg.learned_guidance != 1)
-    shortcut = min(cfg.shortcut_steps, max_steps)
-    both = min(guided, shortcut)
-    counts = {(False, False): max_steps - max(guided, shortcut), (True, False): guided - both,
-              (False, True): shortcut - both, (True, True): both}
-    return {phase: n for phase, n in counts.items() if n}
+    """{(guided, shortcut): steps} of a DiT stage of `max_steps`, in the order train.py runs them
+    (recipe.dit_phase); phases of no steps are left out."""
+    return dict(Counter(dit_phase(cfg, step, max_steps) for step in range(max_steps)))
 
 
 def default_run_table(counts) -> str:

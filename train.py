@@ -40,7 +40,7 @@ import diffusion
 from model import STDiT, stack_planes
 from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, generate_heldout, load_checkpoint,
                       load_weights, pick_device, save_checkpoint)
-from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, lr_at, make_optimizer, require_muon
+from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, dit_phase, lr_at, make_optimizer, require_muon
 from sampling import Sampling
 from sync import sync_metrics
 
@@ -408,9 +408,10 @@ def train_dit():
         x0, y = latents[idx], (labels[idx] if cfg.num_classes else None)
         # model guidance and shortcut steps (PAPER.md §5) in the last cfg.learned_guidance_steps and
         # cfg.shortcut_steps steps, the plain velocity before
-        guidance = process.learned_guidance if step >= max_steps - cfg.learned_guidance_steps else 1.0
+        guided, shortcut = dit_phase(cfg, step, max_steps)
+        guidance = process.learned_guidance if guided else 1.0
         with amp:
-            if step >= max_steps - cfg.shortcut_steps:
+            if shortcut:
                 loss = process.shortcut_loss(fwd, x0, y, guidance=guidance)
             else:
                 loss = process.loss(fwd, x0, y, guidance=guidance)
