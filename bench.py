@@ -247,7 +247,8 @@ def timed_steps(preset, dev, peak) -> list:
 
     def measure(name, model, loss_fn, batch, stage):
         defaults = STAGE_DEFAULTS[stage]
-        opt = make_optimizer(model, defaults["optimizer"], defaults["lr"], fused=dev.type == "cuda")
+        opt = make_optimizer(model, defaults["optimizer"], defaults["lr"], fused=dev.type == "cuda",
+                             ns_bf16=use_bf16(dev))
 
         def step():
             with amp:

@@ -7,14 +7,15 @@ arguments and reads no script's globals.
   STAGE_DEFAULTS          what `python train.py --stage ae|dit` runs when a setting is left at 0 / "auto"
   TRAIN_CLIPS             the size of the default training set
   muon_params(model)      the 2D weight matrices inside the model's transformer blocks (what Muon updates)
+  Muon                    momentum SGD with each update matrix orthogonalised (Newton-Schulz)
   make_optimizer(...)     AdamW over every weight, or Muon for those matrices + AdamW for the rest
   lr_at(step, ...)        linear warm-up, then cosine decay to 10% of the peak
-  require_muon()          a one-line exit where the installed torch has no torch.optim.Muon
 
 The split follows nanoGPT's `configure_optimizers`: the model names its transformer block lists
 (`block_lists`) and the recipe asks it, rather than matching parameter names.
 """
 import math
+from collections import defaultdict
 
 import torch
 
@@ -31,9 +32,8 @@ STAGE_DEFAULTS = {
 
 TRAIN_CLIPS = 4000  # BounceClick clips in the default training set; the DiT stage encodes each once
 
-MUON_TORCH = "2.9.0"  # the first torch release with torch.optim.Muon
-# Newton-Schulz iterations that orthogonalise each Muon update (torch's default is 5): 3 learn sync
-# and motion as well at 3/5 of the products (RESULTS.md, the training recipe)
+# Newton-Schulz iterations that orthogonalise each Muon update (torch.optim.Muon's default is 5): 3
+# learn sync and motion as well at 3/5 of the products (RESULTS.md, the training recipe)
 MUON_NS_STEPS = 3
 
 
@@ -65,13 +65,6 @@ class Optimizers:
             o.load_state_dict(s)
 
 
-def require_muon(asked: str = "--optimizer muon"):
-    """Exit with one line naming the torch release Muon needs, and the installed one, unless this
-    torch has torch.optim.Muon. `asked` says what chose Muon."""
-    need(hasattr(torch.optim, "Muon"), f"{asked} needs torch>={MUON_TORCH} (torch.optim.Muon), but this is "
-         f"torch {torch.__version__}: upgrade torch, or train with --optimizer adamw")
-
-
 def muon_params(model) -> list:
     """[(name, parameter)] of the 2D weight matrices inside the model's transformer blocks (attention
     and MLP projections, adaLN modulation), in `model.named_parameters()` order: what Muon updates.
@@ -84,14 +77,72 @@ def muon_params(model) -> list:
     return [(name, p) for name, p in model.named_parameters() if id(p) in chosen]
 
 
-def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused: bool = False) -> Optimizers:
-    """AdamW over every weight, or for kind "muon": Muon (momentum, then each update matrix
-    orthogonalised by Newton-Schulz) for `muon_params(model)`, AdamW for the rest, as the nanoGPT
-    speedruns split them. Muon's update is rescaled to AdamW's RMS ("match_rms_adamw"), so one lr
-    serves both. Asking for Muon where the model has no block matrices, or torch has no Muon, exits."""
+# ----------------------------------------------------------------------------- Muon
+# The quintic Newton-Schulz coefficients of Keller Jordan's Muon (and torch.optim.Muon): they push
+# every singular value of the normalised update towards ~1 in a few iterations.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalise(G: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
+    """Newton-Schulz on a stack of matrices `N×m×n` → `N×m×n` in `dtype`: each G's singular values
+    moved to roughly 1 (U·S'·Vᵀ with S' within about 0.5-1.5 of the identity), its singular vectors kept.
+    X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ, on the wide orientation (m ≤ n), so A is the small m×m."""
+    a, b, c = NS_COEFFICIENTS
+    tall = G.size(-2) > G.size(-1)
+    X = G.to(dtype).mT if tall else G.to(dtype)
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=1e-7)    # spectral norm ≤ Frobenius norm = 1
+    for _ in range(steps):
+        A = X @ X.mT
+        X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon [Jordan et al. 2024], the update of torch.optim.Muon(nesterov=True,
+    adjust_lr_fn="match_rms_adamw"): momentum m ← μ·m + (1 − μ)·g, the Nesterov direction
+    (1 − μ)·g + μ·m orthogonalised by `orthogonalise`, then W ← W·(1 − lr·wd) − lr·0.2·√max(m, n)·O.
+    The factor 0.2·√max(m, n) gives O the RMS of an AdamW update, so one lr serves both optimizers.
+
+    Two differences, both for speed: the matrices of one shape go through Newton-Schulz as one
+    batched product (a transformer block's matrices repeat in every block), and the products run in
+    `ns_dtype`: bf16 (torch's, and the same update bit for bit) where the device multiplies bf16
+    fast, float32 on a CPU without fast bf16, where a bf16 product runs tens of times slower than a
+    float32 one (BENCHMARKS.md). The state (`momentum_buffer` per weight) and the groups' `lr`,
+    `momentum`, `weight_decay` and `ns_steps` have torch's names, so checkpoints resume either way."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.95, weight_decay: float = 0.0,
+                 ns_steps: int = MUON_NS_STEPS, ns_dtype: torch.dtype = torch.bfloat16):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            by_shape = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is not None:
+                    need(p.ndim == 2, f"Muon updates 2D weight matrices, not a tensor of shape {tuple(p.shape)}")
+                    by_shape[p.shape].append(p)
+            for shape, weights in by_shape.items():
+                grads = [p.grad for p in weights]
+                bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in weights]
+                torch._foreach_lerp_(bufs, grads, 1 - mu)
+                update = torch.stack(grads).lerp_(torch.stack(bufs), mu)   # Nesterov: (1 − μ)·g + μ·m
+                update = orthogonalise(update, group["ns_steps"], self.ns_dtype).to(weights[0].dtype)
+                if wd:
+                    torch._foreach_mul_(weights, 1 - lr * wd)
+                torch._foreach_add_(weights, list(update.unbind(0)), alpha=-lr * 0.2 * math.sqrt(max(shape)))
+
+
+def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused: bool = False,
+                   ns_bf16: bool = True) -> Optimizers:
+    """AdamW over every weight, or for kind "muon": `Muon` for `muon_params(model)`, AdamW for the
+    rest, as the nanoGPT speedruns split them. `ns_bf16`: Muon's Newton-Schulz in bf16, as torch's,
+    where this device multiplies bf16 fast (pipeline.use_bf16 at "auto"), else in float32, whatever
+    precision the model trains in. Asking for Muon where the model has no block matrices exits."""
     matrices = muon_params(model) if kind == "muon" else []
     if kind == "muon":
-        require_muon()
         need(matrices, f"--optimizer muon: {type(model).__name__} has no 2D weight matrices in transformer "
              "blocks (block_lists) for Muon to update; use --optimizer adamw")
     chosen = {id(p) for _, p in matrices}
@@ -99,8 +150,8 @@ def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused
     adamw = torch.optim.AdamW(rest, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay, fused=fused)
     if not matrices:
         return Optimizers(adamw)
-    muon = torch.optim.Muon([p for _, p in matrices], lr=lr, weight_decay=weight_decay, momentum=0.95,
-                            adjust_lr_fn="match_rms_adamw", ns_steps=MUON_NS_STEPS)
+    muon = Muon([p for _, p in matrices], lr=lr, weight_decay=weight_decay,
+                ns_dtype=torch.bfloat16 if ns_bf16 else torch.float32)
     return Optimizers(muon, adamw)
 
 

@@ -39,8 +39,8 @@ from data import HELDOUT_SEED_OFFSET, BounceClick, VideoFolder, save_grid, write
 import diffusion
 from model import STDiT, stack_planes
 from pipeline import (Models, Precision, autocast, check_dit_fits_ae, generate, generate_heldout, load_checkpoint,
-                      load_weights, pick_device, save_checkpoint)
-from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, dit_phase, lr_at, make_optimizer, require_muon
+                      load_weights, pick_device, save_checkpoint, use_bf16)
+from recipe import STAGE_DEFAULTS, TRAIN_CLIPS, dit_phase, lr_at, make_optimizer
 from sampling import Sampling
 from sync import sync_metrics
 
@@ -294,7 +294,7 @@ def train_ae():
     cfg = fitted_config(ckpt, path) if ckpt else config_for(config_overrides)
     model = MDSA(cfg).to(dev)
     model.grad_checkpoint = grad_checkpoint  # a module flag: checkpoints and configs stay unchanged
-    opt = make_optimizer(model, optimizer, lr, weight_decay, fused=dev.type == "cuda")
+    opt = make_optimizer(model, optimizer, lr, weight_decay, fused=dev.type == "cuda", ns_bf16=use_bf16(dev))
     step = 0
     if ckpt:
         load_weights(model, ckpt["model"], path, "ae")
@@ -382,7 +382,7 @@ def train_dit():
     model = STDiT(cfg).to(dev)
     model.grad_checkpoint = grad_checkpoint  # a module flag: checkpoints and configs stay unchanged
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = make_optimizer(model, optimizer, lr, weight_decay, fused=dev.type == "cuda")
+    opt = make_optimizer(model, optimizer, lr, weight_decay, fused=dev.type == "cuda", ns_bf16=use_bf16(dev))
     step = 0
     if ckpt:
         load_weights(model, ckpt["model"], path, "dit")
@@ -510,7 +510,6 @@ def main(argv):
     global config_overrides
     values, config_overrides = parse_cli(argv, SETTINGS, doc=__doc__, fields=config_fields())
     globals().update(values)
-    optimizer_by_default = optimizer == "auto"
     for k, v in STAGE_DEFAULTS[stage].items():  # 0 or "auto" = the stage's default
         if globals()[k] in (0, "auto"):
             globals()[k] = v
@@ -524,8 +523,6 @@ def main(argv):
         need(globals()[name] >= 0, f"--{name} must be ≥ 0, not {globals()[name]}")
     need(lr > 0 and grad_clip > 0, f"--lr and --grad_clip must be > 0, not {lr} and {grad_clip}")
     need(0 <= ema_decay < 1, f"--ema_decay must be in [0, 1), not {ema_decay}")
-    if optimizer == "muon":  # before any work: an older torch has no torch.optim.Muon
-        require_muon(f"--stage {stage}'s default optimizer, Muon," if optimizer_by_default else "--optimizer muon")
     setup()
     try:
         train_ae() if stage == "ae" else train_dit()
