@@ -80,7 +80,9 @@ class Config:
     min_snr_gamma: float = 0.0  # 0 = plain MSE; γ > 0 weighs level t by min(SNR_t, γ) on the x0 error (Min-SNR-γ)
     learned_guidance: float = 4.0  # w ≠ 1: the denoiser learns the cross-modal-guided prediction at scale w
                                 # itself (model guidance), so sampling needs no guidance copies; 1 = none
-    learned_guidance_steps: int = 1000  # with w ≠ 1: the last this many DiT steps train toward the guided target
+    learned_class_guidance: float = 1.0  # s ≠ 1 (num_classes > 0): the same for classifier-free guidance on
+                                         # the label at scale s, so sampling needs no null-label copy; 1 = none
+    learned_guidance_steps: int = 1000  # with w or s ≠ 1: the last this many DiT steps train toward the guided target
     shortcut_steps: int = 1000  # flow: the last this many DiT steps also teach steps of 1/2^k of the way (a
                                 # quarter of each batch, self-consistency): the "shortcut" sampler's 1-64
                                 # steps, and better motion under DPM-Solver; 0 = off, no step-size input
@@ -141,6 +143,12 @@ class Config:
         need(self.flow_shift > 0, f"flow_shift must be > 0, got {self.flow_shift}")
         need(self.min_snr_gamma >= 0, f"min_snr_gamma must be ≥ 0, got {self.min_snr_gamma}")
         need(self.learned_guidance >= 1, f"learned_guidance must be ≥ 1, got {self.learned_guidance}")
+        need(self.learned_class_guidance >= 1,
+             f"learned_class_guidance must be ≥ 1, got {self.learned_class_guidance}")
+        # the class-guided target contrasts a label with the null label, which label dropout trains
+        need(self.learned_class_guidance == 1 or (self.num_classes > 0 and self.class_dropout > 0),
+             f"learned_class_guidance {self.learned_class_guidance} needs num_classes > 0 and class_dropout > 0 "
+             "(the null label is learned there); set learned_class_guidance 1 for this model")
         need(self.learned_guidance_steps >= 0,
              f"learned_guidance_steps must be ≥ 0, got {self.learned_guidance_steps}")
         need(self.shortcut_steps >= 0, f"shortcut_steps must be ≥ 0, got {self.shortcut_steps}")
@@ -172,6 +180,7 @@ class Config:
         d.setdefault("objective", "ddpm")   # written before rectified flow: DDPM was the only process
         d.setdefault("flow_shift", 1.0)
         d.setdefault("learned_guidance", 1.0)  # written before model guidance: the sampler guides
+        d.setdefault("learned_class_guidance", 1.0)
         d.setdefault("shortcut_steps", 0)      # written before shortcut steps: no step-size input
         if "mix_equal" not in d:  # written before per-modality noise levels: trained on t_v = t_a only
             d.update(mix_equal=1.0, mix_independent=0.0, mix_clean=0.0)
@@ -185,7 +194,7 @@ class Config:
 DIT_FIELDS = ("num_classes", "patch", "dit_depth", "dit_width", "dit_heads", "mlp_ratio", "cross_plane",
               "class_dropout", "objective", "flow_shift", "diffusion_steps", "schedule", "prediction",
               "mix_equal", "mix_independent", "mix_clean", "min_snr_gamma", "learned_guidance",
-              "learned_guidance_steps", "shortcut_steps")
+              "learned_class_guidance", "learned_guidance_steps", "shortcut_steps")
 
 Preset = Literal["tiny", "paper"]   # the names of PRESETS, for the scripts' --preset
 PRESETS = {

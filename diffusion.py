@@ -122,6 +122,9 @@ class NoiseProcess(ABC):
     clean = 0                        # the level of a modality given clean, in both processes
     learned_guidance = 1.0           # the cross-modal guidance scale the model was trained to output
                                      # itself (`loss(guidance=)`); from_config sets it from the config
+    learned_class_guidance = 1.0     # the same for classifier-free guidance (`loss(class_guidance=)`)
+    class_dropout = 0.0              # P(a training clip's label is dropped to the null label) and that
+    null_label = None                # label (= num_classes): `drop_labels`; from_config sets both
     shortcut = False                 # whether the model learned shortcut steps (Flow.shortcut_loss): it
                                      # takes a step size; from_config sets it from the config
 
@@ -224,18 +227,40 @@ class NoiseProcess(ABC):
         clean = torch.stack([one_clean & video_clean, one_clean & ~video_clean], dim=1)
         return t.masked_fill(clean, self.clean), clean
 
-    def loss(self, model, x0, y=None, *, t=None, noise=None, clean=None, guidance=1.0):
+    def learned_scales(self) -> dict:
+        """The guidance scales the model learns in its guided phase, as `loss` and `shortcut_loss`
+        take them: {"guidance": cross-modal w, "class_guidance": classifier-free s}."""
+        return dict(guidance=self.learned_guidance, class_guidance=self.learned_class_guidance)
+
+    def drop_labels(self, y):
+        """Class labels `B` with each replaced by the null label with probability class_dropout (None
+        stays None): drawn once per clip in the loss, so every forward of a training step (the guided
+        target's copies, the shortcut's half steps) sees the clip's label the same way."""
+        if y is None or self.class_dropout == 0:
+            return y
+        drop = torch.rand(y.shape, device=y.device) < self.class_dropout
+        return torch.where(drop, torch.full_like(y, self.null_label), y)
+
+    def loss(self, model, x0, y=None, *, t=None, noise=None, clean=None, guidance=1.0, class_guidance=1.0):
         """MSE of the model's output against `target` over the noised planes: a scalar.
 
-        x0 `B×c×P×L×L`. Without `t`, the levels come from the mixture `self.mix` (`draw_levels`); with
-        mix (1, 0, 0) that is one level per clip from `draw_t`. `t` (`B` or `B×2`), `noise` and `clean`
-        (`B×2` bool: that modality given as x0 itself at t = 0) may be fixed (tests). A clean
-        modality's planes are left out of the mean: there is nothing to denoise in them.
+        x0 `B×c×P×L×L`, y labels `B` or None, some dropped to the null label first (`drop_labels`). Without
+        `t`, the levels come from the mixture `self.mix` (`draw_levels`); with mix (1, 0, 0) that is
+        one level per clip from `draw_t`. `t` (`B` or `B×2`), `noise` and `clean` (`B×2` bool: that
+        modality given as x0 itself at t = 0) may be fixed (tests). A clean modality's planes are left
+        out of the mean: there is nothing to denoise in them.
 
-        guidance = w ≠ 1: model guidance [Tang et al. 2025]: the target becomes
-        target + (1 − 1/w)·sg(out − out_alone) (`guidance_pull`), whose fixed point is the
-        cross-modal-guided prediction at scale w that sampling would otherwise form from copies:
-        out − out_alone = (target − target_alone)/(1 − (1 − 1/w)) = w·(target − target_alone)."""
+        Model guidance [Tang et al. 2025], the guided prediction learned into the weights: with
+        cross-modal scale w = `guidance` and class scale s = `class_guidance` (either ≠ 1), the
+        target becomes target + ((w − 1)·sg(out − out_alone) + (s − 1)·sg(out − out_null))/(w + s − 1)
+        (`guidance_pull`: out_alone with each stream's partner at pure noise, out_null with the null
+        label). Where out_alone and out_null have learned their plain targets, the fixed point is
+        out = target + (w − 1)·(target − target_alone) + (s − 1)·(target − target_null): the
+        prediction that sampling's cross-modal and classifier-free guidance would form from copies
+        (with s = 1, the target is target + (1 − 1/w)·sg(out − out_alone)). The weights on the two
+        pulls sum to less than 1, so the target does not run away with the prediction."""
+        y = self.drop_labels(y)
+        class_guidance = class_guidance if y is not None else 1.0       # no labels: nothing to guide
         if t is None:
             if self.mix[1] == 0 and self.mix[2] == 0:                 # equal levels only: one t per clip
                 t = self.draw_t((x0.shape[0],), x0.device)
@@ -243,7 +268,8 @@ class NoiseProcess(ABC):
                 t, clean = self.draw_levels(x0.shape[0], x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
-        if t.dim() == 1 and clean is None and guidance == 1.0:        # one level for all planes
+        guided = guidance != 1.0 or class_guidance != 1.0
+        if t.dim() == 1 and clean is None and not guided:            # one level for all planes
             x_t, clean_planes = self.q_sample(x0, t, noise), None
         else:
             if t.dim() == 1:
@@ -254,8 +280,8 @@ class NoiseProcess(ABC):
             clean_planes = self._per_plane(clean, x0)                 # B×1×P×1×1 bool
             x_t = torch.where(clean_planes, x0, self.q_sample(x0, t, noise))  # clean planes are x0 itself
         out, target = model(x_t, self.model_time(t), y), self.target(x0, noise, t)
-        if guidance != 1.0:
-            target = target.float() + (1.0 - 1.0 / guidance) * self.guidance_pull(model, out, x_t, t, y)
+        if guided:
+            target = target.float() + self.guidance_pull(model, out, x_t, t, y, guidance, class_guidance)
         if clean_planes is None and not self.min_snr_gamma:
             return F.mse_loss(out.float(), target.float())          # in float32 under bf16 autocast
         err = (out.float() - target.float()).pow(2)
@@ -268,17 +294,34 @@ class NoiseProcess(ABC):
         return err.sum() / weight.expand_as(err).sum().clamp(min=1.0)  # the mean over noised elements
 
     @torch.no_grad()
-    def guidance_pull(self, model, out, x_t, t, y):
-        """sg(out − out_alone), float32 `B×c×P×L×L`: each modality's prediction at x_t less the one it
-        makes with its partner replaced by fresh noise at pure noise, the difference cross-modal
-        guidance scales at sampling (sampling.joint_denoiser, native_denoiser). One no-grad forward
-        of two copies: the video beside pure-noise audio, the audio beside pure-noise video. t `B×2`."""
+    def guidance_pull(self, model, out, x_t, t, y, guidance, class_guidance):
+        """((w − 1)·sg(out − out_alone) + (s − 1)·sg(out − out_null))/(w + s − 1), float32
+        `B×c×P×L×L` (`loss`), w = guidance, s = class_guidance. out − out_alone: each modality's
+        prediction at x_t less the one it makes with its partner replaced by fresh noise at pure
+        noise, the difference cross-modal guidance scales at sampling (sampling.joint_denoiser,
+        native_denoiser); out − out_null: less the prediction with the null label, the difference
+        classifier-free guidance scales. One no-grad forward of the copies the scales ask for: the
+        video beside pure-noise audio and the audio beside pure-noise video (w ≠ 1), the clip with
+        the null label (s ≠ 1). t `B×2`."""
         video = VIDEO_PLANES.to(x_t.device)[None, None, :, None, None]
-        fresh, pure = torch.randn_like(x_t), torch.full_like(t[:, 0], self.pure_noise)
-        xs = torch.cat([torch.where(video, x_t, fresh), torch.where(video, fresh, x_t)])
-        ts = torch.cat([torch.stack([t[:, 0], pure], 1), torch.stack([pure, t[:, 1]], 1)])
-        video_alone, audio_alone = model(xs, self.model_time(ts), None if y is None else torch.cat([y, y])).chunk(2)
-        return out.detach().float() - torch.where(video, video_alone, audio_alone).float()
+        xs, ts, labels = [], [], []
+        if guidance != 1.0:
+            fresh, pure = torch.randn_like(x_t), torch.full_like(t[:, 0], self.pure_noise)
+            xs += [torch.where(video, x_t, fresh), torch.where(video, fresh, x_t)]
+            ts += [torch.stack([t[:, 0], pure], 1), torch.stack([pure, t[:, 1]], 1)]
+            labels += [y, y]
+        if class_guidance != 1.0:
+            xs.append(x_t)
+            ts.append(t)
+            labels.append(torch.full_like(y, self.null_label))
+        outs = model(torch.cat(xs), self.model_time(torch.cat(ts)),
+                     None if y is None else torch.cat(labels)).float().chunk(len(xs))
+        out, pull, total = out.detach().float(), 0.0, guidance + class_guidance - 1.0
+        if guidance != 1.0:
+            pull = (guidance - 1.0) / total * (out - torch.where(video, outs[0], outs[1]))
+        if class_guidance != 1.0:
+            pull = pull + (class_guidance - 1.0) / total * (out - outs[-1])
+        return pull
 
     def predict(self, model, x, t, y=None, cfg_scale=1.0):
         """The model's prediction in the form `x0_eps` reads, with classifier-free guidance:
@@ -495,16 +538,17 @@ class Flow(NoiseProcess):
     # average velocity over that step, (x_t − x_r)/(t − r), so x_r = x_t − (t − r)·v̂ follows the
     # ODE in one call; δ = 0 is the instantaneous velocity that `loss` teaches.
 
-    def shortcut_loss(self, model, x0, y=None, guidance=1.0):
+    def shortcut_loss(self, model, x0, y=None, guidance=1.0, class_guidance=1.0):
         """The shortcut phase's loss, a scalar: one clip in SHORTCUT_SHARE (at least one) learns a
         step by self-consistency (`consistency_loss`), the rest the velocity (`loss`, with model
-        guidance w = `guidance`); the two means are weighed by their clips. x0 `B×c×P×L×L`."""
+        guidance at `guidance` and `class_guidance`); the two means are weighed by their clips.
+        x0 `B×c×P×L×L`, y `B` or None (each clip's label dropped once, in the part it goes to)."""
         n = max(1, x0.shape[0] // SHORTCUT_SHARE)
         part = lambda lo, hi: None if y is None else y[lo:hi]    # noqa: E731 (the labels of those clips)
         consistency = self.consistency_loss(model, x0[:n], part(0, n))
         if n == x0.shape[0]:
             return consistency
-        velocity = self.loss(model, x0[n:], part(n, None), guidance=guidance)
+        velocity = self.loss(model, x0[n:], part(n, None), guidance=guidance, class_guidance=class_guidance)
         return (n * consistency + (x0.shape[0] - n) * velocity) / x0.shape[0]
 
     def consistency_loss(self, model, x0, y=None, *, k=None, u=None, clean=None, noise=None):
@@ -519,8 +563,9 @@ class Flow(NoiseProcess):
         u `B`, a multiple of δ in (0, 1] drawn uniformly, so each step lies on a sampling grid;
         clean `B×2` bool, one modality clean (as A2V / V2A sample it) in the mixture's share of
         one-clean among equal and one-clean pairs, else both at t (joint); noise like x0. A class
-        label, where the model has them, is dropped independently in each of the three forwards."""
+        label, where the model has them, is dropped once (`drop_labels`), the same in all three forwards."""
         batch, device = x0.shape[0], x0.device
+        y = self.drop_labels(y)
         if k is None:
             k = torch.randint(0, SHORTCUT_LEVELS, (batch,), device=device)
         width = 0.5 ** k.double()                                     # δ, exact in float64
@@ -557,5 +602,7 @@ def from_config(cfg) -> NoiseProcess:
         process = DDPM(steps=cfg.diffusion_steps, schedule=cfg.schedule, prediction=cfg.prediction, mix=mix,
                        min_snr_gamma=cfg.min_snr_gamma)
     process.learned_guidance = cfg.learned_guidance
+    process.learned_class_guidance = cfg.learned_class_guidance
+    process.class_dropout, process.null_label = cfg.class_dropout, cfg.num_classes
     process.shortcut = cfg.shortcut_steps > 0
     return process

@@ -111,7 +111,7 @@ def training_loss(stage, cfg, batch, dev, guided=False, shortcut=False):
     """One stage's training step on seeded random data: (model in train mode, loss_fn() → the scalar
     loss, the blocks grad_checkpoint recomputes). AE: video `B×3×T×S×S`, audio `B×1×T×M×F` in
     [-1, 1]; DiT: latents `B×c×P×L×L`, the training mixture of noise levels, with `guided` the
-    guided target of the config's learned_guidance (its no-grad forward of two copies), with
+    guided target of the config's learned guidance scales (its no-grad forward of the copies), with
     `shortcut` the shortcut phase's loss (a quarter of the batch learns a step from two no-grad
     half steps)."""
     torch.manual_seed(0)
@@ -122,9 +122,9 @@ def training_loss(stage, cfg, batch, dev, guided=False, shortcut=False):
         return model, lambda: model.loss(video, audio)["loss"], [*model.enc_blocks, *model.dec_blocks]
     model, process = STDiT(cfg).to(dev).train(), diffusion.from_config(cfg)
     z = torch.randn(batch, *latent_shape(cfg), device=dev)
-    guidance = process.learned_guidance if guided else 1.0
+    scales = process.learned_scales() if guided else {}
     loss = process.shortcut_loss if shortcut else process.loss
-    return model, lambda: loss(model, z, guidance=guidance), list(model.blocks)
+    return model, lambda: loss(model, z, **scales), list(model.blocks)
 
 
 # ----------------------------------------------------------------------------- measured memory

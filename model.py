@@ -142,20 +142,16 @@ class TimestepEmbedder(nn.Module):
 
 class LabelEmbedder(nn.Module):
     """Class labels `B` → `B×D`, with one extra row: the null label (= num_classes) that stands for
-    "no condition". In training, labels are dropped to null with probability `dropout`, so the same
-    network learns the unconditional ε that classifier-free guidance needs.                 [ours]
+    "no condition". The training loss drops labels to null (diffusion.NoiseProcess.drop_labels), so
+    the same network learns the unconditional ε that classifier-free guidance needs.        [ours]
     """
 
-    def __init__(self, num_classes, width, dropout):
+    def __init__(self, num_classes, width):
         super().__init__()
         self.null_label = num_classes                                 # the row after the real classes
-        self.dropout = dropout
         self.table = nn.Embedding(num_classes + 1, width)
 
     def forward(self, y):
-        if self.training and self.dropout > 0:                        # a Python bool: no graph break
-            drop = torch.rand(y.shape, device=y.device) < self.dropout
-            y = torch.where(drop, torch.full_like(y, self.null_label), y)
         return self.table(y)
 
 
@@ -314,7 +310,7 @@ class STDiT(nn.Module):
         # Shortcut models (PAPER.md §5): the size of the step the output is for, embedded as t is; a
         # model trained without shortcut steps has no such input, so its checkpoints load unchanged.
         self.step_embed = TimestepEmbedder(width) if cfg.shortcut_steps > 0 else None
-        self.y_embed = LabelEmbedder(cfg.num_classes, width, cfg.class_dropout) if cfg.num_classes > 0 else None
+        self.y_embed = LabelEmbedder(cfg.num_classes, width) if cfg.num_classes > 0 else None
         self.blocks = nn.ModuleList(STDiTBlock(width, cfg.dit_heads, cfg.mlp_ratio, cfg.cross_plane, self.grid)
                                     for _ in range(cfg.dit_depth))
         self.final = FinalLayer(width, self.patch, self.channels)

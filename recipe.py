@@ -158,9 +158,11 @@ def make_optimizer(model, kind: str, lr: float, weight_decay: float = 0.0, fused
 # ----------------------------------------------------------------------------- the DiT's phases
 def dit_phase(cfg, step: int, max_steps: int) -> tuple:
     """(guided, shortcut) of DiT step `step` (from 0) of `max_steps`: whether it trains toward the
-    learned-guidance target (its last cfg.learned_guidance_steps, where the config learns guidance)
-    and with the shortcut loss (its last cfg.shortcut_steps). train.py trains by it; bench.py counts by it."""
-    guided = cfg.learned_guidance != 1 and step >= max_steps - cfg.learned_guidance_steps
+    learned-guidance target (its last cfg.learned_guidance_steps, where the config learns cross-modal
+    or class guidance) and with the shortcut loss (its last cfg.shortcut_steps). train.py trains by
+    it; bench.py counts by it."""
+    learns = cfg.learned_guidance != 1 or cfg.learned_class_guidance != 1
+    guided = learns and step >= max_steps - cfg.learned_guidance_steps
     return guided, step >= max_steps - cfg.shortcut_steps
 
 

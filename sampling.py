@@ -60,7 +60,8 @@ class Sampling:
                                        # ddpm 250, euler 50, shortcut 8)
     eta: float = 1.0                   # ddim / dpm++ / shortcut noise: 1 = DDPM-like (syncs better), 0 = deterministic (the ODE)
     grid: Grid = "time"                # levels spread uniformly in t, or in log-SNR (ddpm only)
-    cfg_scale: float = 1.0             # classifier-free guidance scale on the class label (1 = none)
+    cfg_scale: float = 1.0             # classifier-free guidance scale on the class label (1 = none; a denoiser
+                                       # trained with learned_class_guidance is guided already)
     xmodal_cfg: Optional[float] = None  # cross-modal guidance scale of joint and native a2v / v2a (1 = none);
                                         # auto = 4 for a denoiser trained with independent or one-clean
                                         # noise levels, else 1 (it never saw a partner at another level,

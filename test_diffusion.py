@@ -279,6 +279,72 @@ def test_guided_loss_vanishes_at_the_guided_prediction(process):
     assert process.loss(model, x0, t=t, noise=noise, clean=clean).item() > 0.1
 
 
+def test_guided_loss_with_class_guidance_vanishes_at_both_guided_predictions():
+    """With class labels, loss(guidance=w, class_guidance=s) regresses target + ((w − 1)·sg(out −
+    out_alone) + (s − 1)·sg(out − out_null))/(w + s − 1). A model whose prediction with its partner
+    at pure noise is A, with the null label N, and otherwise target + (w − 1)·(target − A) +
+    (s − 1)·(target − N) (what sampling's cross-modal and classifier-free guidance form from copies)
+    is its fixed point, with class guidance alone too; the guided loss of a model outputting the
+    plain target is not 0."""
+    process = diffusion.Flow(shift=2.0)
+    process.null_label = 3
+    gen = torch.Generator().manual_seed(4)
+    x0, noise = torch.randn(3, 2, 6, 2, 2, generator=gen), torch.randn(3, 2, 6, 2, 2, generator=gen)
+    t = torch.tensor([[0.3, 0.3], [0.3, 0.7], [0.7, 0.7]])
+    y = torch.tensor([0, 2, 1])
+    target = process.target(x0, noise, t)
+    pure = process.model_time(torch.tensor([process.pure_noise])).item()
+
+    def model_for(w, s, plain=False):
+        def model(x_t, t_model, labels=None):
+            video = VIDEO_PLANES[None, None, :, None, None]
+            partner_pure = torch.where(video, (t_model[:, 1] == pure)[:, None, None, None, None],
+                                       (t_model[:, 0] == pure)[:, None, None, None, None])
+            null = (labels == process.null_label)[:, None, None, None, None]
+            tiled = target.repeat(len(x_t) // len(target), 1, 1, 1, 1)
+            alone, unlabelled = 0.3 * x_t, -0.2 * x_t + 0.1            # A and N: any functions of the input
+            guided = tiled if plain else tiled + (w - 1) * (tiled - alone) + (s - 1) * (tiled - unlabelled)
+            return torch.where(partner_pure, alone, torch.where(null, unlabelled, guided))
+        return model
+
+    for w, s in ((4.0, 3.0), (1.0, 3.0)):
+        loss = process.loss(model_for(w, s), x0, y, t=t, noise=noise, guidance=w, class_guidance=s)
+        assert loss.item() < 1e-10, (w, s)
+        assert process.loss(model_for(w, s, plain=True), x0, y, t=t, noise=noise, guidance=w,
+                            class_guidance=s).item() > 0.1
+
+
+def test_a_label_is_dropped_once_per_step():
+    """Label dropout happens in the loss, once per clip: the main forward, the guided target's copies
+    (the null-label copy aside) and the shortcut's three forwards all see the same labels, some of
+    them null at class_dropout 0.5; the model itself never drops a label."""
+    cfg = get_config("tiny", num_classes=3, class_dropout=0.5, learned_class_guidance=2.0, **SMALL)
+    process = diffusion.from_config(cfg)
+    assert (process.null_label, process.class_dropout, process.learned_scales()) == \
+        (3, 0.5, {"guidance": 4.0, "class_guidance": 2.0})
+    seen = []
+
+    def model(x, t, labels=None, step=None):
+        seen.append(labels.clone())
+        return torch.zeros_like(x)
+
+    torch.manual_seed(0)
+    y, x0 = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, *latent_shape(cfg))
+    process.loss(model, x0, y, **process.learned_scales())
+    main, copies = seen[0], seen[1].chunk(3)
+    assert 0 < (main == 3).sum() < 8 and torch.equal(copies[0], main) and torch.equal(copies[1], main)
+    assert (copies[2] == 3).all()
+    seen.clear()
+    process.consistency_loss(model, x0, y)
+    assert len(seen) == 3 and all(torch.equal(labels, seen[0]) for labels in seen) and (seen[0] == 3).any()
+    stdit, t = randomized(STDiT(cfg)).train(), torch.tensor([0.5, 0.5])
+    assert torch.equal(stdit(x0[:2], t, y[:2]), stdit.eval()(x0[:2], t, y[:2]))
+    with pytest.raises(ValueError, match="learned_class_guidance 2.0 needs num_classes > 0 and class_dropout > 0"):
+        get_config("tiny", learned_class_guidance=2.0)
+    with pytest.raises(ValueError, match="learned_class_guidance must be ≥ 1"):
+        get_config("tiny", num_classes=3, learned_class_guidance=0.5)
+
+
 def test_learned_guidance_runs_one_forward_a_step():
     """A checkpoint trained with learned_guidance ≠ 1 samples without guidance copies by default
     (10 forwards a joint clip, 10 an A2V one); guidance asked for explicitly still applies."""

@@ -98,14 +98,16 @@ def test_fresh_stdit_outputs_exactly_zero():
     assert randomized(model)(torch.randn(2, *latent_shape(cfg)), torch.tensor([3, 900])).abs().max() > 0
 
 
-def test_label_dropout_drops_to_null_in_training_only():
+def test_label_dropout_drops_to_null_in_the_loss():
     cfg = get_config("tiny", num_classes=3, class_dropout=1.0, **SMALL)
     model = randomized(STDiT(cfg))
     x, t, y = torch.randn(2, *latent_shape(cfg)), torch.tensor([10, 500]), torch.tensor([0, 1])
     null = torch.full_like(y, model.null_label)
-    assert not torch.allclose(model(x, t, y), model(x, t, null))      # eval: the label matters
-    model.train()
-    assert torch.equal(model(x, t, y), model(x, t, null))             # p=1: every label dropped
+    assert not torch.allclose(model(x, t, y), model(x, t, null))      # the label matters
+    process = diffusion.from_config(cfg)
+    assert torch.equal(process.drop_labels(y), null)                  # p=1: every label dropped
+    assert process.drop_labels(None) is None
+    assert torch.equal(diffusion.from_config(get_config("tiny", num_classes=3, class_dropout=0.0)).drop_labels(y), y)
 
 
 def test_stdit_knows_which_plane_is_which():

@@ -409,12 +409,12 @@ def train_dit():
         # model guidance and shortcut steps (PAPER.md §5) in the last cfg.learned_guidance_steps and
         # cfg.shortcut_steps steps, the plain velocity before
         guided, shortcut = dit_phase(cfg, step, max_steps)
-        guidance = process.learned_guidance if guided else 1.0
+        scales = process.learned_scales() if guided else {}
         with amp:
             if shortcut:
-                loss = process.shortcut_loss(fwd, x0, y, guidance=guidance)
+                loss = process.shortcut_loss(fwd, x0, y, **scales)
             else:
-                loss = process.loss(fwd, x0, y, guidance=guidance)
+                loss = process.loss(fwd, x0, y, **scales)
         grad_norm = optimizer_step(opt, params, loss, step)
         with torch.no_grad():  # EMA: ema ← decay·ema + (1−decay)·w, in one fused call
             torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
