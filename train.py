@@ -60,7 +60,8 @@ optimizer: Optimizer = "auto"  # "adamw", or "muon": Muon for the blocks' weight
 warmup_steps = 0       # linear warm-up steps, then cosine decay to 10% of lr; 0 = the stage's default
 grad_clip = 1.0        # global gradient-norm clip: one bad batch cannot wreck the run
 weight_decay = 0.0     # AdamW weight decay; none, as DiT
-ema_decay = 0.999      # STDiT weight EMA (sampling uses the EMA copy)
+ema_decay = 0.0        # STDiT weight EMA that sampling uses; 0 = the trained weights themselves (an EMA
+                       # would blend the last 1,000 steps' guided phase with the steps before it)
 train_clips = TRAIN_CLIPS  # BounceClick clips that form the training set (the DiT caches their latents)
 eval_clips = 8         # held-out clips for the AE's PSNR and the previews
 log_every = 50         # steps between CSV log rows (the only reads of the loss back from the device)
