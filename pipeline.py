@@ -4,8 +4,8 @@ From checkpoints to clips: the glue that train.py, sample.py, evaluate.py and be
   - checkpoints: written to a temporary file and renamed into place (a kill during a save never
     leaves a broken file), read with `torch.load(..., weights_only=True)` (opening a stranger's file
     cannot run code), and refused with a message that says what to run when they do not fit;
-  - `load_models`: MDSA + the STDiT's EMA weights + the latent scale, rebuilt from the configs the
-    checkpoints carry;
+  - `load_models`: MDSA + the STDiT's sampled weights (its EMA; at train.py's default, the trained
+    weights) + the latent scale, rebuilt from the configs the checkpoints carry;
   - `generate`: PAPER.md §5 end to end — sample the stacked 3D latent (joint, optionally with the
     audio re-drawn given the finished video, or A2V / V2A from a given clip: natively, with the
     given modality's planes clean, or by MM-Diffusion's replacement trick with reconstruction
@@ -151,7 +151,7 @@ def check_dit_fits_ae(dit_ck: dict, ae_ck: dict, dit_path: str, ae_path: str) ->
 class Models:
     cfg: Config            # the DiT's config (the AE's, plus denoiser fields)
     ae: MDSA
-    dit: STDiT             # EMA weights: what sampling should use (DiT §4 practice)
+    dit: STDiT             # the checkpoint's "ema" weights, what sampling uses (train.py's --ema_decay; 0 = trained)
     process: diffusion.NoiseProcess  # the forward process: diffusion.DDPM or rectified flow (diffusion.Flow)
     latent_scale: float    # z_model = latent_scale · z_MDSA has unit variance
 

@@ -11,7 +11,7 @@ Sample sounding videos from trained checkpoints (PAPER.md §5).
   python sample.py --mode v2a --cond clip.mp4          # video-to-audio: keep clip.mp4's frames
 
 Writes out/samples/NNN.mp4 (H.264 + AAC), NNN.wav (16-bit) and grid.png (frames over mel frames).
-The models are rebuilt from the configs inside out/ae.pt and out/dit.pt (the DiT's EMA weights).
+The models are rebuilt from the configs inside out/ae.pt and out/dit.pt (the DiT's sampled weights).
 The sampling settings and their defaults are sampling.Sampling's; "auto" ones follow what the
 denoiser was trained for. `python sample.py --help` lists every setting.
 """
